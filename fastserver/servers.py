@@ -1,0 +1,525 @@
+"""The server classes: socketserver's documented hierarchy and hooks.
+
+Everything a subclass may override is an ordinary Python method here; the
+core (``fastserver._compat.core``) only runs the loop, the accept and the
+datagram receive behind the default hooks, so an override always wins.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import traceback
+from typing import Any, Callable, Optional, Set, Tuple
+
+from ._compat import core
+from ._workers import NoWorkers, WorkerThreads
+
+_Address = Any
+_RequestHandlerClass = Callable[[Any, Any, "BaseServer"], Any]
+
+
+class BaseServer:
+    """Base class for server classes.
+
+    Methods for the caller:
+
+    - __init__(server_address, RequestHandlerClass)
+    - serve_forever(poll_interval=0.5)
+    - shutdown()
+    - handle_request()  # if you do not use serve_forever()
+    - fileno() -> int   # for selector
+
+    Methods that may be overridden:
+
+    - server_bind()
+    - server_activate()
+    - get_request() -> request, client_address
+    - handle_timeout()
+    - verify_request(request, client_address)
+    - server_close()
+    - process_request(request, client_address)
+    - shutdown_request(request)
+    - close_request(request)
+    - service_actions()
+    - handle_error()
+
+    Methods for derived classes:
+
+    - finish_request(request, client_address)
+
+    Class variables that may be overridden by derived classes or
+    instances:
+
+    - timeout
+    - address_family
+    - socket_type
+    - allow_reuse_address
+    - allow_reuse_port
+
+    Instance variables:
+
+    - RequestHandlerClass
+    - socket
+
+    Unlike socketserver, shutdown() wakes serve_forever() at once instead of
+    waiting for the next poll_interval, and serve_forever() backs off instead
+    of spinning while accept() fails for lack of descriptors or memory.
+    """
+
+    timeout: Optional[float] = None
+    # A DatagramReceiver holding requests that were received in a batch and
+    # are served before the loop waits again.
+    _fs_buffered: Any = None
+
+    def __init__(self, server_address: _Address,
+                 RequestHandlerClass: _RequestHandlerClass) -> None:
+        """Constructor.  May be extended, do not override."""
+        self.server_address = server_address
+        self.RequestHandlerClass = RequestHandlerClass
+        self._fs_loop = core.ServeLoop()
+
+    def server_activate(self) -> None:
+        """Called by constructor to activate the server.
+
+        May be overridden.
+        """
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Handle one request at a time until shutdown.
+
+        service_actions() runs at least once every poll_interval seconds.
+        shutdown() stops the loop at once. Ignores self.timeout.
+        """
+        self._fs_loop.serve_forever(self, poll_interval)
+
+    def shutdown(self) -> None:
+        """Stops the serve_forever loop.
+
+        Blocks until the loop has finished. This must be called while
+        serve_forever() is running in another thread, or it will
+        deadlock.
+        """
+        self._fs_loop.shutdown()
+
+    def service_actions(self) -> None:
+        """Called by the serve_forever() loop.
+
+        May be overridden by a subclass / Mixin to implement any code that
+        needs to be run during the loop.
+        """
+
+    # handle_request() is the top level: it waits, then get_request(),
+    # verify_request() and process_request(). process_request() may hand the
+    # request to a thread or a process; finish_request() instantiates the
+    # handler, whose constructor handles the request.
+
+    def handle_request(self) -> None:
+        """Handle one request, possibly blocking.
+
+        Respects self.timeout, and the listening socket's own timeout when
+        that is shorter.
+        """
+        timeout = self.socket.gettimeout()
+        if timeout is None:
+            timeout = self.timeout
+        elif self.timeout is not None:
+            timeout = min(timeout, self.timeout)
+        if self._fs_loop.wait_for_request(self, timeout):
+            return self._handle_request_noblock()
+        return self.handle_timeout()
+
+    def _handle_request_noblock(self) -> None:
+        """Handle one request, without blocking.
+
+        Assumes the socket is readable, so that get_request() does not block.
+        """
+        try:
+            request, client_address = self.get_request()
+        except OSError as exc:
+            self._fs_loop.accept_failed(exc)
+            return
+        try:
+            accepted = self.verify_request(request, client_address)
+        except BaseException:
+            # socketserver leaks the request here; we close it.
+            self.shutdown_request(request)
+            raise
+        if accepted:
+            try:
+                self.process_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+                self.shutdown_request(request)
+            except BaseException:
+                self.shutdown_request(request)
+                raise
+        else:
+            self.shutdown_request(request)
+
+    def handle_timeout(self) -> None:
+        """Called if no new request arrives within self.timeout.
+
+        Overridden by ForkingMixIn.
+        """
+
+    def verify_request(self, request: Any, client_address: _Address) -> bool:
+        """Verify the request.  May be overridden.
+
+        Return True if we should proceed with this request.
+        """
+        return True
+
+    def process_request(self, request: Any, client_address: _Address) -> None:
+        """Call finish_request.
+
+        Overridden by ForkingMixIn and ThreadingMixIn.
+        """
+        self.finish_request(request, client_address)
+        self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Called to clean-up the server.
+
+        May be overridden.
+        """
+
+    def finish_request(self, request: Any, client_address: _Address) -> None:
+        """Finish one request by instantiating RequestHandlerClass."""
+        self.RequestHandlerClass(request, client_address, self)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Called to shutdown and close an individual request."""
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Called to clean up an individual request."""
+
+    def handle_error(self, request: Any, client_address: _Address) -> None:
+        """Handle an error gracefully.  May be overridden.
+
+        The default is to print a traceback and continue.
+        """
+        print("-" * 40, file=sys.stderr)
+        print("Exception occurred during processing of request from",
+              client_address, file=sys.stderr)
+        traceback.print_exc()
+        print("-" * 40, file=sys.stderr)
+
+    def __enter__(self) -> "BaseServer":
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.server_close()
+
+
+class TCPServer(BaseServer):
+    """Base class for various socket-based server classes.
+
+    Defaults to synchronous IP stream (i.e., TCP).
+
+    Methods for the caller:
+
+    - __init__(server_address, RequestHandlerClass, bind_and_activate=True)
+    - serve_forever(poll_interval=0.5)
+    - shutdown()
+    - handle_request()  # if you don't use serve_forever()
+    - fileno() -> int   # for selector
+
+    Methods that may be overridden:
+
+    - server_bind()
+    - server_activate()
+    - get_request() -> request, client_address
+    - handle_timeout()
+    - verify_request(request, client_address)
+    - process_request(request, client_address)
+    - shutdown_request(request)
+    - close_request(request)
+    - handle_error()
+
+    Methods for derived classes:
+
+    - finish_request(request, client_address)
+
+    Class variables that may be overridden by derived classes or
+    instances:
+
+    - timeout
+    - address_family
+    - socket_type
+    - request_queue_size (only for stream sockets)
+    - allow_reuse_address
+    - allow_reuse_port
+
+    Instance variables:
+
+    - server_address
+    - RequestHandlerClass
+    - socket
+    """
+
+    address_family: int = socket.AF_INET
+    socket_type: int = socket.SOCK_STREAM
+    request_queue_size: int = 5
+    allow_reuse_address: bool = False
+    allow_reuse_port: bool = False
+
+    def __init__(self, server_address: _Address,
+                 RequestHandlerClass: _RequestHandlerClass,
+                 bind_and_activate: bool = True) -> None:
+        """Constructor.  May be extended, do not override."""
+        BaseServer.__init__(self, server_address, RequestHandlerClass)
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except BaseException:
+                self.server_close()
+                raise
+
+    def server_bind(self) -> None:
+        """Called by constructor to bind the socket.
+
+        May be overridden.
+        """
+        if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Called by constructor to activate the server.
+
+        May be overridden.
+        """
+        self.socket.listen(self.request_queue_size)
+
+    def server_close(self) -> None:
+        """Called to clean-up the server.
+
+        May be overridden.
+        """
+        self.socket.close()
+
+    def fileno(self) -> int:
+        """Return socket file number.
+
+        Interface required by selector.
+        """
+        return self.socket.fileno()
+
+    def get_request(self) -> Tuple[Any, _Address]:
+        """Get the request and client address from the socket.
+
+        May be overridden.
+        """
+        return core.accept(self.socket)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Called to shutdown and close an individual request."""
+        try:
+            # Shut the write side down explicitly: close() only drops this
+            # process's reference, and a forked child may hold another.
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # ENOTCONN on some platforms
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Called to clean up an individual request."""
+        request.close()
+
+
+class UDPServer(TCPServer):
+    """UDP server class."""
+
+    allow_reuse_address = False
+    allow_reuse_port = False
+    socket_type = socket.SOCK_DGRAM
+    max_packet_size: int = 8192
+
+    def get_request(self) -> Tuple[Any, _Address]:
+        receiver = self._fs_buffered
+        if receiver is None or receiver.sock is not self.socket:
+            receiver = self._fs_buffered = core.DatagramReceiver(self.socket)
+        data, client_addr = receiver.recv(self.max_packet_size)
+        return (data, self.socket), client_addr
+
+    def server_activate(self) -> None:
+        # A datagram socket does not listen().
+        pass
+
+    def shutdown_request(self, request: Any) -> None:
+        # Nothing to shut down: the socket is the server's.
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        # Nothing to close: the socket is the server's.
+        pass
+
+
+class ForkingMixIn:
+    """Mix-in class to handle each request in a new process."""
+
+    timeout: Optional[float] = 300
+    active_children: Optional[Set[int]] = None
+    max_children: int = 40
+    # If true, server_close() waits until all child processes complete.
+    block_on_close: bool = True
+
+    def collect_children(self, *, blocking: bool = False) -> None:
+        """Internal routine to wait for children that have exited."""
+        children = self.active_children
+        if children is None:
+            return
+        # Over the limit, reap any child at all (waitpid(-1)) until back
+        # under it: one syscall per exited child rather than per child.
+        while len(children) >= self.max_children:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                children.clear()  # no children left at all
+            except OSError:
+                break
+            else:
+                children.discard(pid)
+        flags = 0 if blocking else os.WNOHANG
+        for pid in tuple(children):
+            try:
+                reaped, _ = os.waitpid(pid, flags)
+            except ChildProcessError:
+                children.discard(pid)  # reaped by someone else
+            except OSError:
+                pass
+            else:
+                if reaped:
+                    children.discard(reaped)
+
+    def handle_timeout(self) -> None:
+        """Wait for zombies after self.timeout seconds of inactivity.
+
+        May be extended, do not override.
+        """
+        self.collect_children()
+
+    def service_actions(self) -> None:
+        """Collect the zombie child processes regularly in the ForkingMixIn.
+
+        service_actions is called in the BaseServer's serve_forever loop.
+        """
+        self.collect_children()
+
+    def process_request(self, request: Any, client_address: _Address) -> None:
+        """Fork a new subprocess to process the request."""
+        pid = os.fork()
+        if pid:
+            if self.active_children is None:
+                self.active_children = set()
+            self.active_children.add(pid)
+            # close, not shutdown: the child still talks on this connection.
+            self.close_request(request)  # type: ignore[attr-defined]
+            return
+        # In the child, which must never return into the serve loop.
+        status = 1
+        try:
+            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            status = 0
+        except Exception:
+            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+        finally:
+            try:
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+            finally:
+                os._exit(status)
+
+    def server_close(self) -> None:
+        super().server_close()  # type: ignore[misc]
+        self.collect_children(blocking=self.block_on_close)
+
+
+class ThreadingMixIn:
+    """Mix-in class to handle each request in a new thread.
+
+    A thread that finished a request waits up to ``thread_idle_timeout``
+    seconds for the next one, so that busy servers do not pay for a new
+    thread per request; set it to 0 for a fresh thread every time.
+    """
+
+    # Whether handler threads are daemons (do not keep the process alive).
+    daemon_threads: bool = False
+    # If true, server_close() waits until all non-daemonic threads terminate.
+    block_on_close: bool = True
+    # Seconds an idle handler thread waits for another request.
+    thread_idle_timeout: float = 2.0
+    # The handler threads; the instance gets its own on the first request.
+    _threads: Any = NoWorkers()
+
+    def process_request_thread(self, request: Any,
+                               client_address: _Address) -> None:
+        """Same as in BaseServer but as a thread.
+
+        In addition, exception handling is done here.
+        """
+        try:
+            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+        except Exception:
+            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+        finally:
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+
+    def process_request(self, request: Any, client_address: _Address) -> None:
+        """Run process_request_thread in an idle or a new thread."""
+        threads = self.__dict__.get("_threads")
+        if threads is None:
+            threads = self._threads = WorkerThreads()
+        threads.submit(self.process_request_thread, (request, client_address),
+                       bool(self.daemon_threads), self.thread_idle_timeout)
+
+    def server_close(self) -> None:
+        super().server_close()  # type: ignore[misc]
+        self._threads.close(join=bool(self.block_on_close))
+
+
+class ForkingUDPServer(ForkingMixIn, UDPServer):
+    pass
+
+
+class ForkingTCPServer(ForkingMixIn, TCPServer):
+    pass
+
+
+class ThreadingUDPServer(ThreadingMixIn, UDPServer):
+    pass
+
+
+class ThreadingTCPServer(ThreadingMixIn, TCPServer):
+    pass
+
+
+class UnixStreamServer(TCPServer):
+    address_family = socket.AF_UNIX
+
+
+class UnixDatagramServer(UDPServer):
+    address_family = socket.AF_UNIX
+
+
+class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
+    pass
+
+
+class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
+    pass
+
+
+class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer):
+    pass
+
+
+class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
+    pass
