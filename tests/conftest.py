@@ -1,0 +1,183 @@
+"""Every test runs on each fastserver backend; comparisons add the stdlib.
+
+Fixtures:
+
+- ``impl``: the fastserver backends available here, ``cython`` (when the
+  extension is built) and ``python``. Tests of fastserver-only behaviour use it.
+- ``ref_impl``: the same plus ``stdlib`` (socketserver itself). Tests of
+  behaviour that socketserver defines use it, so the reference is checked by
+  the very same assertions.
+
+Each Impl carries ``ss``, a socketserver-compatible module. The ``python``
+backend is a second copy of the package, imported with the pure core forced,
+so one pytest session covers both backends. Set FASTSERVER_REQUIRE_CYTHON=1
+(CI does) to fail instead of quietly running without the cython backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+import socketserver
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Iterator, List
+
+import pytest
+
+import fastserver
+
+
+@dataclass(frozen=True)
+class Impl:
+    name: str
+    ss: ModuleType
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_stdlib(self) -> bool:
+        return self.name == "stdlib"
+
+
+def _import_pure_copy() -> ModuleType:
+    """Import fastserver again as ``fastserver_pure`` with the pure core."""
+    origin = fastserver.__file__
+    assert origin is not None
+    spec = importlib.util.spec_from_file_location(
+        "fastserver_pure", origin,
+        submodule_search_locations=[os.path.dirname(origin)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    saved = os.environ.get("FASTSERVER_NO_EXTENSIONS")
+    os.environ["FASTSERVER_NO_EXTENSIONS"] = "1"
+    try:
+        sys.modules["fastserver_pure"] = module
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            del os.environ["FASTSERVER_NO_EXTENSIONS"]
+        else:
+            os.environ["FASTSERVER_NO_EXTENSIONS"] = saved
+    assert module.backend == "python"
+    return module
+
+
+def _fastserver_impls() -> List[Any]:
+    impls: List[Any] = []
+    if fastserver.backend == "cython":
+        impls.append(pytest.param(Impl("cython", fastserver), id="cython",
+                                  marks=pytest.mark.cython))
+        impls.append(pytest.param(Impl("python", _import_pure_copy()), id="python"))
+    else:
+        if os.environ.get("FASTSERVER_REQUIRE_CYTHON") and \
+                not os.environ.get("FASTSERVER_NO_EXTENSIONS"):
+            raise RuntimeError("FASTSERVER_REQUIRE_CYTHON is set but the "
+                               "cython backend is not importable")
+        impls.append(pytest.param(Impl("python", fastserver), id="python"))
+    return impls
+
+
+FASTSERVER_IMPLS = _fastserver_impls()
+STDLIB_IMPL = pytest.param(Impl("stdlib", socketserver), id="stdlib")
+
+
+@pytest.fixture(params=FASTSERVER_IMPLS)
+def impl(request: pytest.FixtureRequest) -> Impl:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=FASTSERVER_IMPLS + [STDLIB_IMPL])
+def ref_impl(request: pytest.FixtureRequest) -> Impl:
+    return request.param  # type: ignore[no-any-return]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cython: runs on the cython backend")
+
+
+# --- helpers shared by the tests -------------------------------------------
+
+HOST = "127.0.0.1"
+
+
+def unix_path() -> str:
+    """A fresh path for an AF_UNIX socket (short: sun_path is small)."""
+    fd, path = tempfile.mkstemp(prefix="fs.", suffix=".sock", dir="/tmp")
+    os.close(fd)
+    os.unlink(path)
+    return path
+
+
+def server_address(family: int) -> Any:
+    return unix_path() if family == socket.AF_UNIX else (HOST, 0)
+
+
+@contextlib.contextmanager
+def serving(server: Any, poll_interval: float = 0.05) -> Iterator[Any]:
+    """Run server.serve_forever() in a thread for the duration of the block,
+    then shut it down and close it."""
+    thread = threading.Thread(target=server.serve_forever,
+                              kwargs={"poll_interval": poll_interval},
+                              daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+        if isinstance(server.server_address, str):
+            with contextlib.suppress(OSError):
+                os.unlink(server.server_address)
+    assert not thread.is_alive(), "serve_forever did not return"
+
+
+def connect(server: Any, timeout: float = 10.0) -> socket.socket:
+    sock = socket.socket(server.address_family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(server.server_address)
+    return sock
+
+
+def recv_until(sock: socket.socket, terminator: bytes = b"\n",
+               limit: int = 1 << 24) -> bytes:
+    data = b""
+    while not data.endswith(terminator) and len(data) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def dgram_client(server: Any, timeout: float = 10.0) -> socket.socket:
+    sock = socket.socket(server.address_family, socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    # Bound up front so that getsockname() is the address the server sees
+    # (and, for AF_UNIX, so that the server can reply at all).
+    sock.bind(unix_path() if server.address_family == socket.AF_UNIX else (HOST, 0))
+    return sock
+
+
+def close_dgram_client(sock: socket.socket) -> None:
+    name = sock.getsockname() if sock.family == socket.AF_UNIX else None
+    sock.close()
+    if name:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
