@@ -247,8 +247,7 @@ class SocketWriter(io.BufferedIOBase):
         return True
 
     def write(self, b: Any) -> int:
-        if self.closed:
-            raise ValueError("write to closed file")
+        # No closed check, as in socketserver: the socket decides.
         self._sock.sendall(b)
         with memoryview(b) as view:
             return view.nbytes
