@@ -1,0 +1,118 @@
+"""Every known divergence of fastserver from socketserver, on purpose.
+
+Each test's docstring says what differs and why; each asserts both sides,
+so a change on either side shows up here. Add a test whenever a new
+divergence is found, whether or not it gets fixed.
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+import time
+from typing import Any, List
+
+import pytest
+
+from conftest import HOST, Impl, serving
+
+
+def test_shutdown_wakes_the_loop_at_once(impl: Impl) -> None:
+    """socketserver's shutdown() waits until its loop next polls the flag,
+    up to poll_interval (340 ms median at the default 0.5 s); fastserver
+    wakes the loop through a self-pipe. Reported upstream as the XXX in
+    socketserver.serve_forever."""
+    def latency(ss: Any) -> float:
+        server = ss.TCPServer((HOST, 0), ss.BaseRequestHandler)
+        with serving(server, poll_interval=1.0):
+            time.sleep(0.2)
+            start = time.monotonic()
+            server.shutdown()
+            return time.monotonic() - start
+
+    assert latency(impl.ss) < 0.25
+    assert latency(socketserver) > 0.25
+
+
+def test_verify_request_exception_closes_the_request(impl: Impl) -> None:
+    """When verify_request() raises, socketserver lets the exception out of
+    serve_forever()/handle_request() and leaks the accepted socket until
+    garbage collection; fastserver calls shutdown_request() first."""
+    def shut(ss: Any) -> List[Any]:
+        closed: List[Any] = []
+
+        class Server(ss.TCPServer):  # type: ignore[name-defined,misc]
+            def verify_request(self, request: Any, client_address: Any) -> bool:
+                raise RuntimeError("verify failed")
+
+            def shutdown_request(self, request: Any) -> None:
+                closed.append(request)
+                super().shutdown_request(request)
+
+        with Server((HOST, 0), ss.BaseRequestHandler) as server:
+            with socket.create_connection(server.server_address):
+                with pytest.raises(RuntimeError):
+                    server.handle_request()
+        return closed
+
+    assert len(shut(impl.ss)) == 1
+    assert shut(socketserver) == []
+
+
+def test_handler_threads_are_reused(impl: Impl) -> None:
+    """socketserver starts a thread per request; fastserver's ThreadingMixIn
+    hands requests to idle handler threads (thread_idle_timeout seconds).
+    Visible consequence: threading.local() values set by one request are
+    still there in a later request served by the same thread. Set
+    thread_idle_timeout = 0 for a fresh thread per request."""
+    def leaked(ss: Any, idle_timeout: float) -> List[Any]:
+        local = threading.local()
+        seen: List[Any] = []
+        done = threading.Event()
+
+        class Handler(ss.BaseRequestHandler):  # type: ignore[name-defined,misc]
+            def handle(self) -> None:
+                seen.append(getattr(local, "value", None))
+                local.value = "from an earlier request"
+
+        class Server(ss.ThreadingTCPServer):  # type: ignore[name-defined,misc]
+            thread_idle_timeout = idle_timeout
+
+            def shutdown_request(self, request: Any) -> None:
+                super().shutdown_request(request)
+                done.set()
+
+        with Server((HOST, 0), Handler) as server:
+            for _ in range(2):
+                done.clear()
+                with socket.create_connection(server.server_address):
+                    server.handle_request()
+                assert done.wait(5)
+                time.sleep(0.05)  # the thread goes idle (or exits)
+        return seen
+
+    assert leaked(impl.ss, 2.0) == [None, "from an earlier request"]
+    assert leaked(impl.ss, 0) == [None, None]
+    assert leaked(socketserver, 2.0) == [None, None]
+
+
+def test_threads_attribute_is_a_worker_set(impl: Impl) -> None:
+    """socketserver keeps non-daemon request threads in a list subclass,
+    ``_threads``; fastserver keeps its handler threads (busy and idle) in
+    an object that supports len() but is not a list."""
+    with impl.ss.ThreadingTCPServer((HOST, 0), impl.ss.BaseRequestHandler) as server:
+        with socket.create_connection(server.server_address):
+            server.handle_request()
+        assert len(server._threads) == 1
+        assert not isinstance(server._threads, list)
+
+
+def test_newer_api_on_older_interpreters(impl: Impl) -> None:
+    """fastserver offers CPython 3.13's socketserver API on every supported
+    interpreter: allow_reuse_port (3.11+) and the ForkingUnix*Server
+    classes (3.12+) exist everywhere."""
+    assert impl.ss.TCPServer.allow_reuse_port is False
+    assert issubclass(impl.ss.ForkingUnixStreamServer, impl.ss.UnixStreamServer)
+    assert issubclass(impl.ss.ForkingUnixDatagramServer,
+                      impl.ss.UnixDatagramServer)
