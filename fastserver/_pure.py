@@ -25,10 +25,7 @@ import select
 import socket
 import threading
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Optional, Tuple
-
-if TYPE_CHECKING:
-    from collections.abc import Buffer  # noqa: F401  (typing only)
+from typing import Any, Optional, Tuple
 
 __all__ = [
     "ServeLoop",

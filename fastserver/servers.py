@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import traceback
+from socket import socket as _Socket
 from typing import Any, Callable, Optional, Set, Tuple
 
 from ._compat import core
@@ -69,6 +70,9 @@ class BaseServer:
     """
 
     timeout: Optional[float] = None
+    # Provided by subclasses (TCPServer and below); declared for type checkers.
+    socket: _Socket
+    get_request: Callable[[], Tuple[Any, _Address]]
     # A DatagramReceiver holding requests that were received in a batch and
     # are served before the loop waits again.
     _fs_buffered: Any = None
