@@ -1,0 +1,139 @@
+"""Long runs leave nothing behind: descriptors, threads and memory stay flat
+over 100k connections with random resets, and forking servers leave no
+zombies. Marked slow; CI runs them."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+
+from conftest import HOST, Impl
+
+SCRIPT = Path(__file__).parent / "scripts" / "echo_server.py"
+
+
+def start(impl: Impl, *args: str) -> Tuple[subprocess.Popen, int]:
+    env = dict(os.environ)
+    env.pop("FASTSERVER_NO_EXTENSIONS", None)
+    if impl.name == "python":
+        env["FASTSERVER_NO_EXTENSIONS"] = "1"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    port, backend = proc.stdout.readline().split()
+    assert backend == impl.name
+    return proc, int(port)
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.terminate()
+    return proc.wait(30)
+
+
+def usage(pid: int) -> Dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in status)
+    return {"fds": len(os.listdir(f"/proc/{pid}/fd")),
+            "threads": int(fields["Threads"]),
+            "rss_kb": int(fields["VmRSS"].split()[0])}
+
+
+def hammer(port: int, count: int, seed: int) -> int:
+    """count connections: one line each, echoed; one in ten reset early."""
+    rng = random.Random(seed)
+    echoed = 0
+    for i in range(count):
+        with socket.create_connection((HOST, port), timeout=10) as sock:
+            line = b"%d %d\n" % (seed, i)
+            if rng.random() < 0.1:
+                if rng.random() < 0.5:
+                    sock.sendall(line[:3])
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                struct.pack("ii", 1, 0))
+                continue
+            sock.sendall(line)
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(100)
+                assert chunk, "connection closed before the echo"
+                data += chunk
+            assert data == line
+            echoed += 1
+    return echoed
+
+
+def settle(pid: int, baseline: Dict[str, int], timeout: float = 15) -> Dict[str, int]:
+    """Wait for idle handler threads to expire; return the final usage."""
+    deadline = time.monotonic() + timeout
+    now = usage(pid)
+    while time.monotonic() < deadline:
+        now = usage(pid)
+        if now["threads"] <= baseline["threads"] and now["fds"] <= baseline["fds"]:
+            break
+        time.sleep(0.2)
+    return now
+
+
+@pytest.mark.slow
+def test_100k_connections_with_resets_leave_nothing_behind(impl: Impl) -> None:
+    proc, port = start(impl, "ThreadingTCPServer", "0.5")
+    try:
+        hammer(port, 2000, seed=0)  # warm up allocator and caches
+        baseline = settle(proc.pid, {"fds": 10**9, "threads": 1})
+        results: List[int] = []
+        clients = [threading.Thread(target=lambda s=s: results.append(hammer(port, 25000, s)))
+                   for s in range(1, 5)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join()
+        assert len(results) == 4 and sum(results) > 85000
+        after = settle(proc.pid, baseline)
+        assert after["fds"] == baseline["fds"], (baseline, after)
+        assert after["threads"] == baseline["threads"] == 1, (baseline, after)
+        assert after["rss_kb"] - baseline["rss_kb"] < 16 * 1024, (baseline, after)
+    finally:
+        assert stop(proc) == 0
+
+
+def zombies_of(pid: int) -> List[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+def test_forking_server_leaves_no_zombies(impl: Impl) -> None:
+    proc, port = start(impl, "ForkingTCPServer")
+    try:
+        for i in range(1000):
+            with socket.create_connection((HOST, port), timeout=10) as sock:
+                sock.sendall(b"%d\n" % i)
+                assert sock.recv(100) == b"%d\n" % i
+        # service_actions reaps at least once per poll_interval (0.5 s).
+        deadline = time.monotonic() + 10
+        while zombies_of(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert zombies_of(proc.pid) == []
+        assert usage(proc.pid)["fds"] < 20
+    finally:
+        assert stop(proc) == 0
