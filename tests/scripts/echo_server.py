@@ -6,6 +6,7 @@ Prints "PORT BACKEND" once listening; SIGTERM shuts it down cleanly.
 """
 
 import signal
+import socket
 import sys
 import threading
 
@@ -18,8 +19,14 @@ class Echo(fastserver.StreamRequestHandler):
             self.wfile.write(line)
 
 
+class DatagramEcho(fastserver.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
 def main() -> None:
     base = getattr(fastserver, sys.argv[1])
+    handler = Echo if base.socket_type == socket.SOCK_STREAM else DatagramEcho
 
     class Server(base):  # type: ignore[misc,valid-type]
         request_queue_size = 128
@@ -30,7 +37,7 @@ def main() -> None:
 
     if len(sys.argv) > 2:
         Server.thread_idle_timeout = float(sys.argv[2])
-    server = Server(("127.0.0.1", 0), Echo)
+    server = Server(("127.0.0.1", 0), handler)
     signal.signal(signal.SIGTERM,
                   lambda *_: threading.Thread(target=server.shutdown).start())
     print(server.server_address[1], fastserver.backend, flush=True)
