@@ -7,6 +7,12 @@ working. ``fastserver.backend`` names the active core: ``"cython"`` or
 
 from ._compat import backend
 from .handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
+from .pool import (
+    ThreadPoolMixIn,
+    ThreadPoolTCPServer,
+    ThreadPoolUDPServer,
+    ThreadPoolUnixStreamServer,
+)
 from .servers import (
     BaseServer,
     ForkingMixIn,
@@ -37,6 +43,9 @@ __all__ = [
     "UnixStreamServer", "UnixDatagramServer",
     "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer",
     "ForkingUnixStreamServer", "ForkingUnixDatagramServer",
+    # fastserver's additions
+    "ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer",
+    "ThreadPoolUnixStreamServer",
 ]
 
 # Public classes report the package as their module, as socketserver's do

@@ -43,7 +43,7 @@ class WorkerThreads:
         self._live: Set[_Worker] = set()
         self._closed = False
         self.idle_timeout = 0.0
-        _all_pools.add(self)
+        release_idle_at_exit(self)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -147,12 +147,17 @@ class NoWorkers:
         pass
 
 
-_all_pools: "weakref.WeakSet[WorkerThreads]" = weakref.WeakSet()
+_all_pools: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def release_idle_at_exit(pool: Any) -> None:
+    """Call pool.release_idle() when the interpreter starts to exit."""
+    _all_pools.add(pool)
 
 
 def _release_all_idle() -> None:
     # Runs before the interpreter joins non-daemon threads at exit, so that
-    # idle workers do not hold it up for idle_timeout.
+    # idle threads of a server that was never closed do not hold it up.
     for pool in list(_all_pools):
         pool.release_idle()
 
