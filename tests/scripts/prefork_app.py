@@ -1,0 +1,104 @@
+"""Request handlers for the prefork and command-line tests, and a small
+program that serves one of them with fastserver.prefork.Supervisor.
+
+As a program::
+
+    prefork_app.py HANDLER SERVER_CLASS WORKERS GRACEFUL_TIMEOUT [ADDRESS]
+
+ADDRESS is ``unix:PATH`` or omitted (127.0.0.1, any port). The supervisor
+logs to stderr at INFO level, including the "listening on" line the tests
+wait for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+
+import fastserver
+from fastserver.prefork import Supervisor
+
+
+class Echo(fastserver.StreamRequestHandler):
+    """Echo every line."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class SlowEcho(fastserver.StreamRequestHandler):
+    """Echo one line, 10 ms later (so that requests are in flight)."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        time.sleep(0.01)
+        self.wfile.write(line)
+
+
+class Crash(fastserver.StreamRequestHandler):
+    """Echo lines; "crash" kills the worker process on the spot."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            if line.strip() == b"crash":
+                os._exit(7)
+            self.wfile.write(line)
+
+
+class Sleep(fastserver.StreamRequestHandler):
+    """Read a number of seconds, sleep that long, answer "done"."""
+
+    def handle(self) -> None:
+        seconds = float(self.rfile.readline())
+        self.wfile.write(b"started\n")
+        time.sleep(seconds)
+        self.wfile.write(b"done\n")
+
+
+class Info(fastserver.StreamRequestHandler):
+    """Describe the process and the server, as one JSON line."""
+
+    def handle(self) -> None:
+        server = self.server
+        info = {
+            "pid": os.getpid(),
+            "server": type(server).__name__,
+            "mro": [c.__name__ for c in type(server).__mro__],
+            "max_workers": getattr(server, "max_workers", None),
+            "backend": fastserver.backend,
+            "thread": threading.current_thread().name,
+        }
+        self.wfile.write(json.dumps(info).encode() + b"\n")
+
+
+class UDPEcho(fastserver.DatagramRequestHandler):
+    """Answer each datagram with its own bytes and the worker's pid."""
+
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read() + b" %d" % os.getpid())
+
+
+def main() -> int:
+    handler_name, server_name, workers, graceful = sys.argv[1:5]
+    address = sys.argv[5] if len(sys.argv) > 5 else ""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(process)d %(levelname)s %(name)s: %(message)s")
+    server_class = getattr(fastserver, server_name)
+    attrs = {"request_queue_size": 1024}
+    if not address.startswith("unix:"):
+        attrs["allow_reuse_address"] = True
+    server_class = type(server_name, (server_class,), attrs)
+    handler = globals()[handler_name]
+    server = server_class(address[5:] if address.startswith("unix:")
+                          else ("127.0.0.1", 0), handler)
+    return Supervisor(server, workers=int(workers),
+                      graceful_timeout=float(graceful)).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
