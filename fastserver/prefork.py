@@ -8,7 +8,7 @@ graceful drain or a fast stop::
     server = fastserver.ThreadingTCPServer(("0.0.0.0", 8000), Handler)
     status = fastserver.prefork.Supervisor(server, workers=4).run()
 
-Design (see docs/production.md for the user-facing version):
+Design (the README's "Running in production" is the user-facing version):
 
 - **One shared listening socket**, bound by the supervisor before the first
   fork, rather than one SO_REUSEPORT socket per worker. With a single
