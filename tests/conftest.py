@@ -181,3 +181,37 @@ def close_dgram_client(sock: socket.socket) -> None:
     if name:
         with contextlib.suppress(OSError):
             os.unlink(name)
+
+
+# --- helpers appended for the subprocess, forking and datagram tests --------
+
+#: The checkout root: the directory that holds the ``fastserver`` package.
+CHECKOUT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastserver.__file__)))
+
+
+def backend_env(backend: str) -> "dict[str, str]":
+    """The environment for a subprocess that must import fastserver from
+    this checkout with the named backend ("cython" or "python")."""
+    if backend not in ("cython", "python"):
+        raise ValueError("not a fastserver backend: %r" % (backend,))
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = CHECKOUT_ROOT + (os.pathsep + path if path else "")
+    if backend == "python":
+        env["FASTSERVER_NO_EXTENSIONS"] = "1"
+    else:
+        env.pop("FASTSERVER_NO_EXTENSIONS", None)
+    return env
+
+
+@contextlib.contextmanager
+def closing_server(server: Any) -> Iterator[Any]:
+    """server_close() the server at the end of the block (and unlink its
+    AF_UNIX path), for tests that drive handle_request() themselves."""
+    try:
+        yield server
+    finally:
+        server.server_close()
+        if isinstance(server.server_address, str):
+            with contextlib.suppress(OSError):
+                os.unlink(server.server_address)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from conftest import HOST, Impl, recv_until
+from conftest import HOST, Impl, backend_env, recv_until
 
 SCRIPT = Path(__file__).parent / "scripts" / "emfile_server.py"
 SLOTS = 6
@@ -34,12 +34,8 @@ def echo_ok(sock: socket.socket, line: bytes, timeout: float) -> bool:
 
 
 def test_emfile_backs_off_and_recovers(impl: Impl) -> None:
-    env = dict(os.environ)
-    env.pop("FASTSERVER_NO_EXTENSIONS", None)
-    if impl.name == "python":
-        env["FASTSERVER_NO_EXTENSIONS"] = "1"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(SLOTS)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, text=True, env=backend_env(impl.name))
     clients: List[socket.socket] = []
     try:
         assert proc.stdout is not None

@@ -17,18 +17,14 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from conftest import HOST, Impl
+from conftest import HOST, Impl, backend_env
 
 SCRIPT = Path(__file__).parent / "scripts" / "echo_server.py"
 
 
 def start(impl: Impl, *args: str) -> Tuple[subprocess.Popen, int]:
-    env = dict(os.environ)
-    env.pop("FASTSERVER_NO_EXTENSIONS", None)
-    if impl.name == "python":
-        env["FASTSERVER_NO_EXTENSIONS"] = "1"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *args],
-                            stdout=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, text=True, env=backend_env(impl.name))
     assert proc.stdout is not None
     port, backend = proc.stdout.readline().split()
     assert backend == impl.name
