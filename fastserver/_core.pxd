@@ -1,0 +1,159 @@
+# Contracts of the Cython core. The behaviour is fastserver/_pure.py's; this
+# file says how the C side keeps it: which fields hold what, who may touch
+# them, and the order in which the methods call each other.
+#
+# Concurrency: every field below is read and written with the GIL held. The
+# GIL is released only inside the small `with nogil` blocks around blocking
+# syscalls (poll, recv, send, accept, recvmmsg), and those blocks touch only
+# C locals and memory that the calling method owns for the duration (see
+# each class). This is why the module declares freethreading_compatible=False.
+
+cimport cython
+from libc.stdint cimport int64_t
+
+from fastserver.includes.system cimport fs_mmsghdr, sockaddr_storage, iovec
+
+
+cdef extern from "pythread.h":
+    ctypedef void *PyThread_type_lock
+
+
+cdef class ServeLoop:
+    # The serve loop of one server (BaseServer._fs_loop).
+    #
+    # serve_forever(server, poll_interval):
+    #   _is_shut_down.clear() -> open a waker (eventfd, or a pipe) ->
+    #   publish its write end in _wake_fd -> loop:
+    #     server._fs_buffered.pending?  yes: ready without waiting
+    #                                   no:  poll(waker, server fd) with the
+    #                                        GIL released, PEP 475 retries
+    #     _shutdown_request? -> break
+    #     ready? -> server._handle_request_noblock()   (Python lookup: an
+    #                                                   override wins)
+    #     server.service_actions()
+    #   finally: _wake_fd = -1, close the waker, clear _shutdown_request,
+    #            _is_shut_down.set()
+    # shutdown(): _shutdown_request = True -> one non-blocking write to
+    #   _wake_fd (if >= 0) -> _is_shut_down.wait(). The write and the close in
+    #   serve_forever's finally both run with the GIL held, so shutdown()
+    #   never writes to a descriptor that was closed and reused.
+    # accept_failed(exc) sets the back-off that serve_forever() and
+    #   wait_for_request() honour; both only read it.
+    cdef object _is_shut_down        # threading.Event, set while no serve_forever() runs
+    cdef bint _shutdown_request      # set by shutdown(), cleared when serve_forever() returns
+    cdef int _wake_fd                # waker write end while serve_forever() runs, else -1
+    cdef double _backoff_until       # time.monotonic() before which accept() is not retried
+    cdef double _backoff_delay       # the current back-off, BACKOFF_FIRST .. BACKOFF_MAX
+    cdef double _last_resource_error # time of the last EMFILE/ENFILE/ENOBUFS/ENOMEM
+
+
+cdef class DatagramReceiver:
+    # The datagrams of one server socket, received in recvmmsg() batches.
+    #
+    # recv(size): _next < _count ? pop slot _next : _receive(size) then pop.
+    #   _receive blocks like sock.recvfrom (timeout honoured) for the first
+    #   datagram and takes whatever else is queued without blocking
+    #   (MSG_WAITFORONE). _pop formats the address and copies the data out,
+    #   so a slot is free again as soon as it is popped.
+    # _busy is set for the duration of _receive (the GIL is released then):
+    #   a second thread calling recv() meanwhile uses sock.recvfrom() instead
+    #   of the slots, which therefore never change under a receive.
+    cdef object _sock                # .sock: the server socket (UDPServer compares identity);
+                                     # assigning it recomputes _direct and drops the batch
+    cdef bint _direct                # sock is a plain socket.socket of a family we format
+    cdef bint _busy                  # a _receive() is in progress
+    cdef int _count                  # datagrams in the slots of the last batch
+    cdef int _next                   # the next slot to pop; pending == _count - _next
+    cdef Py_ssize_t _slot_size       # bytes per slot: max(largest max_packet_size, 64 KiB)
+    cdef char *_data                 # _BATCH * _slot_size bytes (PyMem)
+    cdef fs_mmsghdr *_msgs           # _BATCH headers, pointing into _data/_iov/_names
+    cdef iovec *_iov
+    cdef sockaddr_storage *_names
+
+    cdef int _ensure_slots(self, Py_ssize_t size) except -1
+    cdef int _receive(self) except -1
+    cdef object _pop(self, Py_ssize_t size)
+
+
+cdef class _WriterBase:
+    # What io.BufferedIOBase gives the pure writers: closed/close/flush,
+    # context management, the unsupported read side. close() calls flush()
+    # (a Python-level call, so a subclass's flush runs) and then marks closed.
+    cdef object _sock                # the connection socket
+    cdef bint _closed
+    cdef bint _direct                # sends with C send() loops; else sock.sendall()
+    cdef dict __dict__
+    cdef object __weakref__
+
+    cdef int _sendall(self, const char *data, Py_ssize_t n) except -1
+
+
+cdef class SocketWriter(_WriterBase):
+    # write(b): buffer b (PyBUF_SIMPLE) -> _sendall -> return len. Nothing is
+    # kept between calls.
+    @staticmethod
+    cdef SocketWriter new(object sock)
+
+
+cdef class CoalescingWriter(_WriterBase):
+    # write(b) appends to _buf and calls flush() once _len reaches _limit.
+    # _flush() detaches _buf (so a failed send loses the bytes, as in _pure,
+    # and a write() from another thread during the send starts a fresh
+    # buffer), sends it, and reattaches it for reuse if no new one appeared.
+    # Callers: flush(), close(), and StreamReader._raw_read before each recv.
+    cdef Py_ssize_t _limit           # send once this many bytes are pending
+    cdef char *_buf                  # PyMem buffer, NULL until the first write
+    cdef Py_ssize_t _len             # pending bytes
+    cdef Py_ssize_t _cap             # allocated bytes
+
+    @staticmethod
+    cdef CoalescingWriter new(object sock, Py_ssize_t limit)
+    cdef int _flush(self) except -1
+
+
+@cython.final
+cdef class StreamReader:
+    # rfile: io.BufferedReader over socket.SocketIO, state machine included.
+    #
+    # The buffer follows BufferedReader exactly, because peek(), read1() and
+    # what an exception discards depend on it: _buffer[_pos:_read_end] is
+    # unread data; _read_end == -1 marks the buffer invalid (reset), in which
+    # case the next _fill_buffer() starts at 0, else it appends at _read_end.
+    #
+    # Call order: public method -> (fast path: buffered data only, no lock,
+    # no Python calls but the result bytes) -> _enter() -> _read_generic /
+    # _read_all / _readline_slow / _readinto -> _fill_buffer() or
+    # _raw_read() directly into the caller's memory -> _leave().
+    # _raw_read == SocketIO.readinto: flush the paired CoalescingWriter, refuse
+    # after a timeout ("cannot read from timed out object"), then one
+    # _sock_recv() (poll+recv under one GIL release, EINTR per PEP 475),
+    # then PyErr_CheckSignals() so that handlers run between receives as
+    # they do after SocketIO.readinto returns to the eval loop; returns
+    # bytes read, 0 at EOF, or -2 when the socket would block.
+    # _lock (BufferedReader's lock) is held across every GIL release, so no
+    # other thread can free or refill _buffer meanwhile; close() takes it too.
+    cdef object _sock                # the connection; None once closed
+    cdef CoalescingWriter _writer    # flushed before every recv, or None
+    cdef char *_buffer               # _buffer_size bytes (PyMem), NULL once closed
+    cdef Py_ssize_t _buffer_size
+    cdef Py_ssize_t _pos
+    cdef Py_ssize_t _read_end
+    cdef bint _closed
+    cdef bint _timed_out             # SocketIO._timeout_occurred
+    cdef PyThread_type_lock _lock
+    cdef unsigned long _owner        # thread holding _lock, for the reentrancy error
+    cdef dict __dict__
+    cdef object __weakref__
+
+    @staticmethod
+    cdef StreamReader new(object sock, Py_ssize_t size, CoalescingWriter writer)
+    cdef int _enter(self) except -1
+    cdef void _leave(self) noexcept
+    cdef Py_ssize_t _readahead(self)
+    cdef Py_ssize_t _raw_read(self, char *start, Py_ssize_t length) except -1
+    cdef Py_ssize_t _fill_buffer(self) except -1
+    cdef object _read_generic(self, Py_ssize_t n)
+    cdef object _read_all(self)
+    cdef object _readline(self, Py_ssize_t limit)
+    cdef object _readline_slow(self, Py_ssize_t limit)
+    cdef object _readinto(self, object b, bint once)

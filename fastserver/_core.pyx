@@ -1,0 +1,76 @@
+# cython: language_level=3
+"""The Cython core: serve loop, stream reader/writer and datagram receive.
+
+This is one of the two implementations of fastserver's core interface; the
+other is the pure-Python ``fastserver._pure``, whose module docstring
+describes the interface. Both expose the same names with the same behaviour
+and the same docstrings. The contracts of the C side (fields, locking, call
+order) are in ``_core.pxd``; every POSIX declaration is in
+``includes/system.pxd`` and every platform difference in ``csrc/compat.h``.
+
+The source is split by concern:
+
+- ``_cy/sysio.pxi``: syscalls with timeouts, EINTR and errors, the
+  socketmodule.c way; address formatting.
+- ``_cy/loop.pxi``: ServeLoop.
+- ``_cy/accept.pxi``: accept().
+- ``_cy/datagram.pxi``: DatagramReceiver.
+- ``_cy/writer.pxi``: SocketWriter, CoalescingWriter.
+- ``_cy/stream.pxi``: the rfile (StreamReader) and open_stream().
+"""
+
+cimport cython
+from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release,
+                             PyObject_GetBuffer, PyBuffer_IsContiguous)
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_FromStringAndSize,
+                            PyBytes_GET_SIZE)
+from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
+from cpython.number cimport PyIndex_Check, PyNumber_AsSsize_t
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.limits cimport INT_MAX
+from libc.stdint cimport int64_t
+
+from fastserver.includes.system cimport *
+
+import errno as _errno
+import io as _io
+import socket as _socket
+import threading as _threading
+
+from fastserver import _pure
+
+__all__ = [
+    "ServeLoop",
+    "accept",
+    "DatagramReceiver",
+    "open_stream",
+    "SocketWriter",
+    "CoalescingWriter",
+    "RESOURCE_ERRNOS",
+    "BACKOFF_FIRST",
+    "BACKOFF_MAX",
+]
+
+#: accept() errors that mean "out of descriptors or memory": retrying at once
+#: cannot succeed, so the loop backs off instead of spinning.
+RESOURCE_ERRNOS = frozenset(
+    {_errno.EMFILE, _errno.ENFILE, _errno.ENOBUFS, _errno.ENOMEM}
+)
+#: The first back-off after a resource error, and the cap it doubles up to.
+#: The cap bounds how late a freed descriptor is noticed.
+BACKOFF_FIRST = 0.005
+BACKOFF_MAX = 0.1
+# A resource error later than this after the previous one starts afresh.
+cdef double _BACKOFF_RESET = 1.0
+
+include "_cy/sysio.pxi"
+include "_cy/loop.pxi"
+include "_cy/accept.pxi"
+include "_cy/datagram.pxi"
+include "_cy/writer.pxi"
+include "_cy/stream.pxi"
+
+# The pure writers and rfile are io.BufferedIOBase subclasses; so are ours.
+_io.BufferedIOBase.register(SocketWriter)
+_io.BufferedIOBase.register(CoalescingWriter)
+_io.BufferedIOBase.register(StreamReader)

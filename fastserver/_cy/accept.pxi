@@ -1,0 +1,41 @@
+# accept(): TCPServer.get_request's default.
+
+_sock_family = _socket.socket.family.__get__   # the raw ints, as
+_sock_type = _socket.socket.type.__get__       # socket.accept() passes
+_sock_proto = _socket.socket.proto.__get__     # them on (without enums)
+
+
+def accept(sock):
+    """Accept one connection on sock: (connection, client_address)."""
+    cdef sockaddr_storage addr
+    cdef socklen_t addrlen = 0
+    cdef int64_t timeout, deadline
+    cdef int err = 0, fd, cfd
+    if not _drivable(sock, _ACCEPT_METHODS):
+        return sock.accept()
+    family = _sock_family(sock)
+    if not _family_supported(family):
+        return sock.accept()
+    timeout = _timeout_ns(sock)
+    deadline = _deadline(timeout)
+    while True:
+        fd = _fileno(sock)
+        with nogil:
+            cfd = _accept_nogil(fd, <sockaddr *>&addr, &addrlen, deadline, &err)
+        if cfd >= 0:
+            break
+        if err == EINTR:
+            PyErr_CheckSignals()
+            continue
+        _raise_errno(err)
+    try:
+        address = _make_address(<sockaddr *>&addr, addrlen)
+        conn = _SocketType(family, _sock_type(sock), _sock_proto(sock), cfd)
+    except BaseException:
+        close(cfd)
+        raise
+    # As socket.accept(): where the new socket inherits O_NONBLOCK from a
+    # listening socket with a timeout, make it blocking for timeout None.
+    if _getdefaulttimeout() is None and timeout != -1 and timeout != 0:
+        conn.setblocking(True)
+    return conn, address

@@ -1,0 +1,347 @@
+# Syscalls with timeouts, EINTR and errors, the socketmodule.c way.
+#
+# Each operation is split in two:
+#
+# - a `noexcept nogil` function that runs the syscall, after a poll() when
+#   the socket has a timeout, and loops by itself on the EAGAIN false
+#   positives of a timed socket. It copies errno into *err straight after
+#   the failing call and returns -1; _TIMED_OUT in *err means the deadline
+#   passed. It never needs the GIL, so one release covers poll + syscall.
+# - a caller holding the GIL that computes the deadline once (from the
+#   socket's timeout at the start, as socketmodule.c does), fetches
+#   sock.fileno() before every attempt, and on EINTR runs
+#   PyErr_CheckSignals(): a handler's exception propagates, otherwise the
+#   call is retried with the time left.
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeFSDefaultAndSize(const char *s, Py_ssize_t size)
+    ctypedef struct PyTypeObject:
+        const char *tp_name
+    ctypedef struct PyObject:
+        PyTypeObject *ob_type
+
+cdef extern from "pythread.h":
+    PyThread_type_lock PyThread_allocate_lock()
+    void PyThread_free_lock(PyThread_type_lock)
+    int PyThread_acquire_lock(PyThread_type_lock, int mode) nogil
+    void PyThread_release_lock(PyThread_type_lock) nogil
+    unsigned long PyThread_get_thread_ident()
+    enum:
+        WAIT_LOCK
+        NOWAIT_LOCK
+
+cdef enum:
+    # A pseudo errno: the deadline passed (socket.timeout).
+    _TIMED_OUT = -1000
+    # Return codes of the _sock_* callers besides n >= 0 and -1 (raised).
+    _WOULD_BLOCK = -2
+
+# The readiness poll() waits for, as select.poll users in _pure ask for it.
+cdef short _POLL_READ = POLLIN | POLLPRI | POLLERR | POLLHUP
+
+_SocketType = _socket.socket
+_socket_timeout = _socket.timeout
+_getdefaulttimeout = _socket.getdefaulttimeout
+
+
+cdef inline const char *_type_name(object obj):
+    return (<PyObject *>obj).ob_type.tp_name
+
+
+cdef inline double _monotonic() noexcept nogil:
+    return <double>fs_monotonic_ns() / 1e9
+
+
+cdef inline int _ms_ceil(int64_t ns) noexcept nogil:
+    """poll() takes whole milliseconds: round up so that we never spin."""
+    cdef int64_t ms
+    if ns <= 0:
+        return 0
+    ms = (ns + 999999) // 1000000
+    return <int>ms if ms < INT_MAX else INT_MAX
+
+
+cdef int _poll_ms(object seconds) except? -2:
+    """_pure._poll_ms: None -> -1 (forever), else whole ms rounded up."""
+    cdef double s
+    if seconds is None:
+        return -1
+    s = seconds
+    if s <= 0:
+        return 0
+    if s * 1000 + 0.999 >= INT_MAX:
+        return INT_MAX
+    return max(1, <int>(s * 1000 + 0.999))
+
+
+cdef int64_t _timeout_ns(object sock) except -2:
+    """The socket's timeout: -1 for None (blocking), 0 for non-blocking."""
+    cdef object t = sock.gettimeout()
+    cdef double d
+    cdef int64_t ns
+    if t is None:
+        return -1
+    d = t
+    if d <= 0:
+        return 0
+    ns = <int64_t>(d * 1e9)
+    return ns if ns > 0 else 1
+
+
+cdef inline int64_t _deadline(int64_t timeout_ns) noexcept nogil:
+    """0 (no deadline) unless the timeout is positive."""
+    if timeout_ns > 0:
+        return fs_monotonic_ns() + timeout_ns
+    return 0
+
+
+cdef int _raise_errno(int err) except -1:
+    """Raise socket.timeout for _TIMED_OUT, else OSError(err) with its
+    PEP 3151 subclass."""
+    global errno
+    if err == _TIMED_OUT:
+        raise _socket_timeout("timed out")
+    errno = err
+    PyErr_SetFromErrno(OSError)
+    return -1
+
+
+cdef inline int _fileno(object sock) except? -1:
+    return sock.fileno()
+
+
+# --- nogil halves ------------------------------------------------------------
+
+cdef int _wait_fd(int fd, short events, int64_t deadline, int *err) noexcept nogil:
+    """Wait until fd is ready or the deadline passes; 0 when ready."""
+    cdef pollfd p
+    cdef int64_t left = deadline - fs_monotonic_ns()
+    cdef int r
+    if left < 0:
+        err[0] = _TIMED_OUT
+        return -1
+    p.fd = fd
+    p.events = events
+    p.revents = 0
+    r = poll(&p, 1, _ms_ceil(left))
+    if r < 0:
+        err[0] = errno
+        return -1
+    if r == 0:
+        err[0] = _TIMED_OUT
+        return -1
+    return 0
+
+
+cdef inline bint _is_eagain(int err) noexcept nogil:
+    return FS_IS_EAGAIN(err)
+
+
+cdef Py_ssize_t _recv_nogil(int fd, char *buf, Py_ssize_t n, int64_t deadline,
+                            int *err) noexcept nogil:
+    cdef Py_ssize_t r
+    while True:
+        if deadline and _wait_fd(fd, POLLIN, deadline, err) < 0:
+            return -1
+        r = recv(fd, buf, <size_t>n, 0)
+        if r >= 0:
+            return r
+        err[0] = errno
+        if not (deadline and _is_eagain(err[0])):
+            return -1
+
+
+cdef Py_ssize_t _send_nogil(int fd, const char *buf, Py_ssize_t n,
+                            int64_t deadline, int *err) noexcept nogil:
+    cdef Py_ssize_t r
+    while True:
+        if deadline and _wait_fd(fd, POLLOUT, deadline, err) < 0:
+            return -1
+        r = send(fd, buf, <size_t>n, 0)
+        if r >= 0:
+            return r
+        err[0] = errno
+        if not (deadline and _is_eagain(err[0])):
+            return -1
+
+
+cdef int _accept_nogil(int fd, sockaddr *addr, socklen_t *addrlen,
+                       int64_t deadline, int *err) noexcept nogil:
+    cdef int r
+    while True:
+        if deadline and _wait_fd(fd, POLLIN, deadline, err) < 0:
+            return -1
+        addrlen[0] = sizeof(sockaddr_storage)
+        r = fs_accept_cloexec(fd, addr, addrlen)
+        if r >= 0:
+            return r
+        err[0] = errno
+        if not (deadline and _is_eagain(err[0])):
+            return -1
+
+
+cdef int _recvmmsg_nogil(int fd, fs_mmsghdr *msgs, unsigned int vlen,
+                         int64_t deadline, int *err) noexcept nogil:
+    cdef int r
+    while True:
+        if deadline and _wait_fd(fd, POLLIN, deadline, err) < 0:
+            return -1
+        r = fs_recvmmsg(fd, msgs, vlen, FS_MSG_WAITFORONE)
+        if r >= 0:
+            return r
+        err[0] = errno
+        if not (deadline and _is_eagain(err[0])):
+            return -1
+
+
+# --- GIL halves --------------------------------------------------------------
+
+cdef Py_ssize_t _sock_recv(object sock, char *buf, Py_ssize_t n) except -1:
+    """sock.recv_into(buf[:n]); _WOULD_BLOCK where it raises BlockingIOError."""
+    cdef int64_t deadline = _deadline(_timeout_ns(sock))
+    cdef int err = 0
+    cdef int fd
+    cdef Py_ssize_t r
+    while True:
+        fd = _fileno(sock)
+        with nogil:
+            r = _recv_nogil(fd, buf, n, deadline, &err)
+        if r >= 0:
+            return r
+        if err == EINTR:
+            PyErr_CheckSignals()
+            continue
+        if _is_eagain(err):
+            return _WOULD_BLOCK
+        _raise_errno(err)
+
+
+cdef int _sock_sendall(object sock, const char *buf, Py_ssize_t n) except -1:
+    """sock.sendall(buf[:n]): one deadline for the whole call, signal
+    handlers run after every partial send."""
+    cdef int64_t timeout = _timeout_ns(sock)
+    cdef int64_t deadline = _deadline(timeout)
+    cdef bint first = True
+    cdef int err = 0
+    cdef int fd
+    cdef Py_ssize_t r
+    while True:
+        if deadline and not first and deadline - fs_monotonic_ns() <= 0:
+            raise _socket_timeout("timed out")
+        first = False
+        fd = _fileno(sock)
+        with nogil:
+            r = _send_nogil(fd, buf, n, deadline, &err)
+        if r < 0:
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            _raise_errno(err)
+        buf += r
+        n -= r
+        PyErr_CheckSignals()
+        if n <= 0:
+            return 0
+
+
+cdef int _poll_retry(pollfd *fds, nfds_t nfds, int timeout_ms) except -1:
+    """poll() with the GIL released, retried after EINTR with the time left
+    (PEP 475); the number of ready descriptors."""
+    cdef int64_t deadline = 0
+    cdef int r, err
+    if timeout_ms > 0:
+        deadline = fs_monotonic_ns() + <int64_t>timeout_ms * 1000000
+    while True:
+        with nogil:
+            r = poll(fds, nfds, timeout_ms)
+            err = errno
+        if r >= 0:
+            return r
+        if err != EINTR:
+            _raise_errno(err)
+        PyErr_CheckSignals()
+        if timeout_ms > 0:
+            timeout_ms = _ms_ceil(deadline - fs_monotonic_ns())
+
+
+cdef int _sleep_until(double deadline) except -1:
+    """An interruptible sleep that honours PEP 475, as in _pure."""
+    _poll_retry(NULL, 0, _ms_ceil(<int64_t>((deadline - _monotonic()) * 1e9)))
+    return 0
+
+
+# --- addresses ---------------------------------------------------------------
+
+cdef object _make_address(sockaddr *sa, socklen_t addrlen):
+    """The client address as Python's socket module formats it."""
+    cdef char text[64]
+    cdef sockaddr_in *sin
+    cdef sockaddr_in6 *sin6
+    cdef sockaddr_un *sun
+    cdef Py_ssize_t path_len
+    if addrlen == 0:
+        return None   # recvfrom() from an unbound AF_UNIX socket
+    if sa.sa_family == AF_INET:
+        sin = <sockaddr_in *>sa
+        if inet_ntop(AF_INET, &sin.sin_addr, text, sizeof(text)) == NULL:
+            _raise_errno(errno)
+        return (text.decode("ascii"), ntohs(sin.sin_port))
+    if sa.sa_family == AF_INET6:
+        sin6 = <sockaddr_in6 *>sa
+        if inet_ntop(AF_INET6, &sin6.sin6_addr, text, sizeof(text)) == NULL:
+            _raise_errno(errno)
+        return (text.decode("ascii"), ntohs(sin6.sin6_port),
+                ntohl(sin6.sin6_flowinfo), sin6.sin6_scope_id)
+    if sa.sa_family == AF_UNIX:
+        sun = <sockaddr_un *>sa
+        path_len = <Py_ssize_t>addrlen - (<char *>&sun.sun_path[0] - <char *>sa)
+        if path_len > 0 and sun.sun_path[0] == 0:
+            # Linux's abstract namespace: bytes, leading NUL included.
+            return PyBytes_FromStringAndSize(sun.sun_path, path_len)
+        if path_len <= 0:
+            return ""
+        return PyUnicode_DecodeFSDefaultAndSize(
+            sun.sun_path, <Py_ssize_t>strnlen(sun.sun_path, <size_t>path_len))
+    raise OSError(_errno.EAFNOSUPPORT, "unsupported address family %d" % sa.sa_family)
+
+
+cdef inline bint _family_supported(int family) noexcept:
+    return family == AF_INET or family == AF_INET6 or family == AF_UNIX
+
+
+# Per class: may the C path drive sockets of this class? Only socket.socket
+# and subclasses that keep the methods the C path stands in for.
+cdef dict _drivable_cache = {}
+
+
+cdef bint _drivable(object sock, tuple methods) except -1:
+    cls = type(sock)
+    if cls is _SocketType:
+        return True
+    key = (cls, methods)
+    cached = _drivable_cache.get(key)
+    if cached is not None:
+        return cached
+    ok = isinstance(sock, _SocketType) and all(
+        getattr(cls, name, None) is getattr(_SocketType, name) for name in methods)
+    _drivable_cache[key] = ok
+    return ok
+
+
+_STREAM_METHODS = ("recv", "recv_into", "send", "sendall", "fileno", "gettimeout")
+_ACCEPT_METHODS = ("accept", "_accept", "fileno", "gettimeout")
+_DGRAM_METHODS = ("recvfrom", "recvfrom_into", "recv", "recvmsg", "fileno", "gettimeout")
+
+
+cdef extern from "Python.h":
+    # PyObject_GetBuffer without Cython's automatic raise: callers fall back
+    # to the pure path (and its exact error) when it fails.
+    int _try_get_buffer "PyObject_GetBuffer"(object obj, Py_buffer *view, int flags)
+    void PyErr_Clear()
+
+
+cdef inline int _get_buffer_or_clear(object obj, Py_buffer *view, int flags) noexcept:
+    if _try_get_buffer(obj, view, flags) < 0:
+        PyErr_Clear()
+        return -1
+    return 0
