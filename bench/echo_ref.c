@@ -1,0 +1,213 @@
+/*
+ * c-reference: the ceiling the Python servers are compared against.
+ *
+ * A single-threaded, non-blocking epoll echo server.  Stream sockets (TCP or
+ * AF_UNIX) echo bytes as they arrive, which is exactly what a line echo does to
+ * a stream; UDP echoes each datagram to its sender.  It binds the first free
+ * port in [--port-lo, --port-hi] and prints "READY c-reference <address>" once
+ * it is listening; SIGTERM/SIGINT stop it cleanly.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define BUF_SIZE 65536
+
+typedef struct conn {
+    int fd;
+    size_t len, off; /* unsent bytes are buf[off, len) */
+    char buf[BUF_SIZE];
+} conn_t;
+
+static volatile sig_atomic_t stopping;
+static int listen_fd, epfd;
+static conn_t listener_tag;
+
+static void on_signal(int sig) { (void)sig; stopping = 1; }
+
+static void close_conn(conn_t *c) {
+    epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    free(c);
+}
+
+static void set_events(conn_t *c, unsigned events) {
+    struct epoll_event ev = {.events = events, .data.ptr = c};
+    epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/* Returns 0 when everything pending was written, 1 if the socket is full, -1 on error. */
+static int flush_conn(conn_t *c) {
+    while (c->off < c->len) {
+        ssize_t n = send(c->fd, c->buf + c->off, c->len - c->off, MSG_NOSIGNAL);
+        if (n > 0) { c->off += (size_t)n; continue; }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return 1;
+        return -1;
+    }
+    c->off = c->len = 0;
+    return 0;
+}
+
+static void on_stream(conn_t *c, unsigned events) {
+    if (c->len) { /* waiting for room to write: reading more would only grow the backlog */
+        int r = flush_conn(c);
+        if (r < 0) { close_conn(c); return; }
+        if (r > 0) return;
+        set_events(c, EPOLLIN);
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
+    for (;;) {
+        ssize_t n = recv(c->fd, c->buf, BUF_SIZE, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return;
+        if (n <= 0) { close_conn(c); return; }
+        c->len = (size_t)n;
+        c->off = 0;
+        int r = flush_conn(c);
+        if (r < 0) { close_conn(c); return; }
+        if (r > 0) { set_events(c, EPOLLOUT); return; }
+    }
+}
+
+static void on_accept(int is_tcp) {
+    for (;;) {
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            return; /* EAGAIN, or EMFILE: the client will see the failure */
+        }
+        if (is_tcp) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
+        conn_t *c = malloc(sizeof *c);
+        if (!c) { close(fd); continue; }
+        c->fd = fd;
+        c->len = c->off = 0;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+    }
+}
+
+static void on_datagrams(void) {
+    static char buf[BUF_SIZE];
+    for (;;) {
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        ssize_t n = recvfrom(listen_fd, buf, sizeof buf, 0, (struct sockaddr *)&peer, &plen);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return;
+        /* A full send buffer drops the echo; the client counts it as lost. */
+        sendto(listen_fd, buf, (size_t)n, MSG_DONTWAIT, (struct sockaddr *)&peer, plen);
+    }
+}
+
+static int bind_inet(int type, const char *host, int lo, int hi, int *port_out) {
+    for (int port = lo; port <= hi; port++) {
+        int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) return -1;
+        if (type == SOCK_STREAM) {
+            /* Never on UDP: there SO_REUSEADDR would let us share a port another process uses. */
+            int one = 1;
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        }
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
+        if (inet_pton(AF_INET, host, &a.sin_addr) != 1) { close(fd); return -1; }
+        if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0) { *port_out = port; return fd; }
+        close(fd);
+        if (errno != EADDRINUSE && errno != EACCES) return -1;
+    }
+    errno = EADDRINUSE;
+    return -1;
+}
+
+int main(int argc, char **argv) {
+    static struct option longopts[] = {{"tcp", 1, 0, 't'},     {"udp", 1, 0, 'u'},     {"unix", 1, 0, 'x'},
+                                       {"port-lo", 1, 0, 'l'}, {"port-hi", 1, 0, 'h'}, {"cpu", 1, 0, 'c'},
+                                       {0, 0, 0, 0}};
+    const char *tcp = NULL, *udp = NULL, *unix_path = NULL;
+    int lo = 20000, hi = 30000, cpu = -1, ch;
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 't': tcp = optarg; break;
+        case 'u': udp = optarg; break;
+        case 'x': unix_path = optarg; break;
+        case 'l': lo = atoi(optarg); break;
+        case 'h': hi = atoi(optarg); break;
+        case 'c': cpu = atoi(optarg); break;
+        default:
+            fprintf(stderr, "usage: echo_ref (--tcp HOST | --udp HOST | --unix PATH) [--port-lo N --port-hi N] [--cpu N]\n");
+            return 2;
+        }
+    }
+    if (!!tcp + !!udp + !!unix_path != 1) {
+        fprintf(stderr, "echo_ref: give exactly one of --tcp, --udp, --unix\n");
+        return 2;
+    }
+    if (cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        sched_setaffinity(0, sizeof set, &set);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    char where[200];
+    int port = 0;
+    if (unix_path) {
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        if (strlen(unix_path) >= sizeof a.sun_path) { fprintf(stderr, "echo_ref: path too long\n"); return 2; }
+        strcpy(a.sun_path, unix_path);
+        unlink(unix_path);
+        listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (listen_fd < 0 || bind(listen_fd, (struct sockaddr *)&a, sizeof a) < 0) {
+            perror("echo_ref: bind");
+            return 1;
+        }
+        snprintf(where, sizeof where, "unix %s", unix_path);
+    } else {
+        const char *host = tcp ? tcp : udp;
+        listen_fd = bind_inet(tcp ? SOCK_STREAM : SOCK_DGRAM, host, lo, hi, &port);
+        if (listen_fd < 0) { perror("echo_ref: bind"); return 1; }
+        snprintf(where, sizeof where, "%s %s %d", tcp ? "tcp" : "udp", host, port);
+    }
+    if (!udp && listen(listen_fd, 1024) < 0) { perror("echo_ref: listen"); return 1; }
+
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &listener_tag};
+    epoll_ctl(epfd, EPOLL_CTL_ADD, listen_fd, &ev);
+    printf("READY c-reference %s\n", where);
+    fflush(stdout);
+
+    struct epoll_event evs[256];
+    while (!stopping) {
+        int n = epoll_wait(epfd, evs, 256, 500);
+        for (int i = 0; i < n; i++) {
+            conn_t *c = evs[i].data.ptr;
+            if (c == &listener_tag) {
+                if (udp) on_datagrams();
+                else on_accept(tcp != NULL);
+            } else {
+                on_stream(c, evs[i].events);
+            }
+        }
+    }
+    if (unix_path) unlink(unix_path);
+    return 0;
+}

@@ -1,0 +1,231 @@
+"""Summaries of the runs: medians with min-max, ratios, text/markdown tables, a chart."""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Iterable
+
+METRICS = ("rate", "p50_us", "p99_us", "rss_kb")
+NOTE_COUNTERS = ("errors", "mismatches", "lost", "late", "server_errors")
+# Above this many CPUs' worth of work by other processes during a run, say so:
+# below it is mostly /proc/stat's 10 ms granularity.
+BUSY_CPUS = 0.3
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    summary: dict[str, dict[str, float]] = {}
+    for metric in METRICS:
+        values = [r[metric] for r in runs if r.get(metric) is not None]
+        if values:
+            summary[metric] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return summary
+
+
+def finish_row(row: dict[str, Any]) -> None:
+    """Fill in a row's status and summary once all its repetitions are in."""
+    if row["status"] == "unavailable":
+        return
+    runs = row["runs"]
+    row["summary"] = summarize(runs)
+    row["mismatches"] = sum(r.get("mismatches", 0) for r in runs)
+    row["status"] = "ok" if runs else "failed"
+
+
+def add_ratios(rows: dict[str, dict[str, Any]]) -> None:
+    def median_rate(impl: str) -> float | None:
+        row = rows.get(impl)
+        rate = row and row.get("summary", {}).get("rate")
+        return rate["median"] if rate else None
+
+    for row in rows.values():
+        mine = median_rate(row["impl"])
+        for key, ref in (("vs_stdlib", "stdlib"), ("vs_c_reference", "c-reference")):
+            base = median_rate(ref)
+            row[key] = mine / base if mine is not None and base else None
+
+
+def _num(value: float, unit: str) -> str:
+    if unit == "bytes/s":
+        return f"{value / 2**20:,.0f}"
+    return f"{value:,.0f}"
+
+
+def _spread(metric: dict[str, float] | None, unit: str = "", reps: int = 1) -> str:
+    if not metric:
+        return "-"
+    text = _num(metric["median"], unit)
+    if reps > 1:
+        text += f" ({_num(metric['min'], unit)}-{_num(metric['max'], unit)})"
+    return text
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _notes(row: dict[str, Any]) -> str:
+    notes = []
+    runs = row.get("runs", [])
+    for counter in NOTE_COUNTERS:
+        total = sum(r.get(counter) or 0 for r in runs)
+        if total:
+            notes.append(f"{counter}={total:,}")
+    if any(not r.get("valid", True) for r in runs):
+        notes.insert(0, "INVALID (mismatch)")
+    if any(r.get("verified") is False for r in runs):
+        notes.append("replies counted, not verified")
+    for exit_note in sorted({r.get("server_exit", "clean") for r in runs} - {"clean"}):
+        notes.append(f"server {exit_note}")
+    foreign = max((r.get("foreign_cpus") or 0.0 for r in runs), default=0.0)
+    if foreign > BUSY_CPUS:
+        notes.append(f"other processes used up to {foreign:.1f} CPU")
+    if row.get("busy_retries"):
+        notes.append(f"{row['busy_retries']} busy run(s) repeated")
+    if row.get("failures"):
+        notes.append(f"{len(row['failures'])} rep(s) failed: {row['failures'][0][:120]}")
+    return "; ".join(notes)
+
+
+def table_cells(workload: dict[str, Any], reps: int) -> tuple[list[str], list[list[str]]]:
+    unit = workload["unit"]
+    shown_unit = "MiB/s" if unit == "bytes/s" else unit
+    header = ["impl", shown_unit, "vs stdlib", "vs c-ref"]
+    latency = workload["has_latency"]
+    if latency:
+        header += ["p50 us", "p99 us"]
+    header += ["peak RSS MiB", "notes"]
+    body = []
+    for impl, row in workload["rows"].items():
+        if row["status"] in ("unavailable", "failed") and not row.get("runs"):
+            reason = row.get("reason") or (row.get("failures") or ["no successful run"])[0]
+            body.append([impl, f"{row['status']}: {reason}"])
+            continue
+        s = row.get("summary", {})
+        rss = s.get("rss_kb")
+        rss_mib = {k: v / 1024 for k, v in rss.items()} if rss else None
+        cells = [impl, _spread(s.get("rate"), unit, reps), _ratio(row.get("vs_stdlib")), _ratio(row.get("vs_c_reference"))]
+        if latency:
+            cells += [_spread(s.get("p50_us"), reps=reps), _spread(s.get("p99_us"), reps=reps)]
+        cells += [f"{rss_mib['median']:.1f}" if rss_mib else "-", _notes(row)]
+        body.append(cells)
+    return header, body
+
+
+def render_text(header: list[str], body: list[list[str]]) -> str:
+    full = [r for r in body if len(r) == len(header)]
+    widths = [max(len(r[i]) for r in [header] + full) for i in range(len(header))]
+    widths[0] = max(len(r[0]) for r in [header] + body)
+    lines = []
+    for r in [header] + body:
+        if len(r) != len(header):  # an unavailable/failed row: impl plus one message
+            lines.append(f"{r[0]:<{widths[0]}}  {r[1]}")
+            continue
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:-1], widths[1:-1])] + [r[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def render_markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * (len(header) - 2) + ["---"]) + "|"]
+    for r in body:
+        if len(r) != len(header):
+            r = [r[0], r[1]] + [""] * (len(header) - 2)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    return "\n".join(lines)
+
+
+def workload_title(workload: dict[str, Any], reps: int) -> str:
+    what = f"median of {reps}, (min-max)" if reps > 1 else "1 repetition"
+    return f"{workload['name']}: {workload['description']}  [{what}]"
+
+
+def machine_lines(doc: dict[str, Any]) -> list[str]:
+    m = doc["machine"]
+    c = doc["config"]
+    load = m.get("load_average_at_start")
+    return [
+        f"machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['kernel']}, {m['python']}",
+        f"before the run: other processes used {m.get('other_cpus_at_start', 0):.1f} CPUs"
+        + (f", load average {load[0]:.2f}" if load else ""),
+        f"pinning: {m['pinning']}",
+        f"runs: {c['reps']} reps x {c['duration']}s after {c['warmup']}s warm-up, impls alternated within each rep",
+    ]
+
+
+def render_report(doc: dict[str, Any], markdown: bool = False) -> str:
+    reps = doc["config"]["reps"]
+    parts = []
+    if markdown:
+        parts.append("\n".join(f"- {line}" for line in machine_lines(doc)))
+    else:
+        parts.append("\n".join(machine_lines(doc)))
+    for workload in doc["workloads"].values():
+        header, body = table_cells(workload, reps)
+        if markdown:
+            parts.append(f"### {workload_title(workload, reps)}\n\n{render_markdown(header, body)}")
+        else:
+            parts.append(f"== {workload_title(workload, reps)}\n{render_text(header, body)}")
+    return "\n\n".join(parts) + "\n"
+
+
+COLORS = {"cython": "#1f77b4", "pure": "#ff7f0e", "stdlib": "#7f7f7f", "c-reference": "#2ca02c"}
+
+
+def draw_png(doc: dict[str, Any], path: str) -> None:
+    """Bar chart, one panel per workload; needs matplotlib (raises ImportError otherwise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    def short(value: float, _pos: int) -> str:
+        for limit, suffix in ((1e6, "M"), (1e3, "k")):
+            if abs(value) >= limit:
+                return f"{value / limit:g}{suffix}"
+        return f"{value:g}"
+
+    workloads = list(doc["workloads"].values())
+    cols = min(4, len(workloads))
+    rows = (len(workloads) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(workloads) :]:
+        ax.set_visible(False)
+    for ax, w in zip(axes.flat, workloads):
+        scale, unit = (2**20, "MiB/s") if w["unit"] == "bytes/s" else (1, w["unit"])
+        names, medians, lows, highs = [], [], [], []
+        for impl, row in w["rows"].items():
+            rate = row.get("summary", {}).get("rate")
+            names.append(impl)
+            if rate:
+                medians.append(rate["median"] / scale)
+                lows.append((rate["median"] - rate["min"]) / scale)
+                highs.append((rate["max"] - rate["median"]) / scale)
+            else:
+                medians.append(0.0)
+                lows.append(0.0)
+                highs.append(0.0)
+        bars = ax.bar(names, medians, yerr=[lows, highs], capsize=3, color=[COLORS.get(n, "#999999") for n in names])
+        for bar, impl, value in zip(bars, names, medians):
+            if value == 0.0:
+                ax.text(bar.get_x() + bar.get_width() / 2, 0, "n/a", ha="center", va="bottom", fontsize=8)
+        ax.set_title(w["name"], fontsize=10)
+        ax.set_ylabel(unit, fontsize=8)
+        ax.tick_params(axis="x", labelsize=8, rotation=20)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.yaxis.set_major_formatter(FuncFormatter(short))
+    m = doc["machine"]
+    fig.suptitle(f"fastserver bench: {m['cpu_model']}, {m['python']} (median, min-max bars)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def total_mismatches(doc: dict[str, Any]) -> int:
+    return sum(row.get("mismatches", 0) for w in doc["workloads"].values() for row in w["rows"].values())
+
+
+def failed_rows(doc: dict[str, Any]) -> Iterable[str]:
+    for w in doc["workloads"].values():
+        for impl, row in w["rows"].items():
+            if row["status"] == "failed" or row.get("failures"):
+                yield f"{w['name']}/{impl}"

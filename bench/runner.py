@@ -1,0 +1,288 @@
+"""Run one repetition: start a server process, drive it with loadgen, stop it."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import machine
+from .workloads import Workload
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+STDERR_TAIL = 2000
+
+
+@dataclass
+class RunConfig:
+    duration: float
+    warmup: float
+    loadgen: Path
+    echo_ref: Path
+    python: str = sys.executable
+    pin: bool = field(default_factory=machine.pinning_enabled)
+    port_range: tuple[int, int] = field(default_factory=machine.server_port_range)
+    udp_timeout_ms: int = 250
+
+
+@dataclass
+class Outcome:
+    status: str  # "ok", "unavailable" or "failed"
+    reason: str = ""  # one line, for the table
+    result: dict[str, Any] = field(default_factory=dict)
+    detail: str = ""  # e.g. the server's stderr, for the JSON
+
+
+def with_last_line(message: str, text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return f"{message}: {lines[-1]}" if lines else message
+
+
+class ServerFailed(Exception):
+    pass
+
+
+class Unavailable(Exception):
+    pass
+
+
+def server_env(impl: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # The checkout first (for fastserver and bench), then the caller's directory
+    # (for a user's --handler module), then whatever was there already.
+    paths = [str(REPO_ROOT), os.getcwd()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.pop("FASTSERVER_NO_EXTENSIONS", None)
+    if impl == "pure":
+        env["FASTSERVER_NO_EXTENSIONS"] = "1"
+    return env
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class Server:
+    """A server child process; always reaped, by SIGKILL if it will not stop."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], stderr_path: Path) -> None:
+        self.argv = argv
+        self.stderr_path = stderr_path
+        self._stderr = open(stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            cwd=os.getcwd(),
+            # Its own session: a Ctrl-C aimed at the bench reaches us, and we stop it in order.
+            start_new_session=True,
+        )
+        self.exit_note = ""
+
+    def wait_ready(self) -> str:
+        """Returns the READY line's payload; raises Unavailable or ServerFailed."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + READY_TIMEOUT
+        buf = b""
+        while b"\n" not in buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServerFailed(f"no READY line within {READY_TIMEOUT:.0f}s")
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if not readable:
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+                raise ServerFailed(f"server exited with status {self.proc.returncode} before it was ready")
+            buf += chunk
+        line = buf.split(b"\n", 1)[0].decode(errors="replace").strip()
+        if line.startswith("UNAVAILABLE "):
+            raise Unavailable(line[len("UNAVAILABLE ") :])
+        if not line.startswith("READY "):
+            raise ServerFailed(f"unexpected first line from server: {line!r}")
+        return line[len("READY ") :]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                self.exit_note = f"did not exit within {STOP_TIMEOUT:.0f}s of SIGTERM; killed"
+        if not self.exit_note and self.proc.returncode != 0:
+            self.exit_note = f"exit status {self.proc.returncode}"
+        # Anything the server forked (ForkingMixIn) is in its session's process
+        # group, which is ours to clean up: nothing may outlive the run.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+    def stderr_text(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def server_argv(w: Workload, impl: str, cfg: RunConfig, unix_path: str, profile: Path | None) -> list[str]:
+    lo, hi = cfg.port_range
+    cpu = [str(machine.SERVER_CPU)] if cfg.pin else []
+    if impl == "c-reference":
+        where = {"tcp": ["--tcp", "127.0.0.1"], "udp": ["--udp", "127.0.0.1"], "unix": ["--unix", unix_path]}
+        argv = [str(cfg.echo_ref), *where[w.family], "--port-lo", str(lo), "--port-hi", str(hi)]
+        return argv + (["--cpu", *cpu] if cpu else [])
+    argv = [cfg.python, "-m", "bench.server_runner", "--impl", impl, "--server", w.server_class]
+    argv += ["--handler", w.handler, "--family", w.family, "--port-lo", str(lo), "--port-hi", str(hi)]
+    if w.family == "unix":
+        argv += ["--path", unix_path]
+    if cpu:
+        argv += ["--cpu", *cpu]
+    if profile is not None:
+        argv += ["--profile", str(profile)]
+    return argv
+
+
+def loadgen_argv(w: Workload, cfg: RunConfig, address: list[str]) -> list[str]:
+    argv = [str(cfg.loadgen), *w.loadgen_args(), "--duration", str(cfg.duration), "--warmup", str(cfg.warmup)]
+    if w.family == "unix":
+        argv += ["--path", address[1]]
+    else:
+        argv += ["--host", address[1], "--port", address[2]]
+    if w.family == "udp":
+        argv += ["--udp-timeout-ms", str(cfg.udp_timeout_ms)]
+    if cfg.pin:
+        argv += ["--cpu", str(machine.LOADGEN_CPU)]
+    return argv
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent by everything on the machine (all CPUs), per /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class ForeignLoad:
+    """How many CPUs' worth of work processes other than ours did during a run."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own = os.times()
+        return (
+            time.monotonic(),
+            machine_busy_seconds(),
+            process_cpu_seconds(self.server_pid),
+            children.ru_utime + children.ru_stime + own.user + own.system,
+        )
+
+    def cpus(self) -> float:
+        end = self._sample()
+        wall = end[0] - self.start[0]
+        if wall <= 0:
+            return 0.0
+        foreign = (end[1] - self.start[1]) - (end[2] - self.start[2]) - (end[3] - self.start[3])
+        return max(0.0, foreign / wall)
+
+
+def count_server_errors(stderr: str) -> int:
+    # socketserver.BaseServer.handle_error prints this banner once per failed request.
+    return stderr.count("Exception occurred during processing") or stderr.count("Traceback")
+
+
+def run_once(w: Workload, impl: str, cfg: RunConfig, profile: Path | None = None) -> Outcome:
+    with tempfile.TemporaryDirectory(prefix="fsbench-") as tmp:
+        unix_path = os.path.join(tmp, "echo.sock")
+        env = server_env(impl)
+        server = Server(server_argv(w, impl, cfg, unix_path, profile), env, Path(tmp) / "server.stderr")
+        rss = None
+        try:
+            try:
+                ready = server.wait_ready().split()
+            except Unavailable as exc:
+                return Outcome("unavailable", str(exc))
+            except ServerFailed as exc:
+                server.stop()  # so its stderr is complete
+                stderr = server.stderr_text()
+                return Outcome("failed", with_last_line(str(exc), stderr), detail=stderr[-STDERR_TAIL:])
+            backend, address = ready[0], ready[1:]
+            argv = loadgen_argv(w, cfg, address)
+            foreign = ForeignLoad(server.proc.pid)
+            try:
+                proc = subprocess.run(argv, capture_output=True, text=True, timeout=cfg.warmup + cfg.duration + 30)
+            except subprocess.TimeoutExpired:
+                return Outcome("failed", "load generator did not finish in time")
+            foreign_cpus = foreign.cpus()
+            rss = peak_rss_kb(server.proc.pid) if server.proc.poll() is None else None
+            server_died = server.proc.poll() is not None
+        finally:
+            server.stop()
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            return Outcome(
+                "failed", with_last_line(f"loadgen exit {proc.returncode}", proc.stderr), detail=proc.stderr[-STDERR_TAIL:]
+            )
+        stderr = server.stderr_text()
+        if server_died:
+            return Outcome(
+                "failed",
+                with_last_line(f"server died during the run (exit status {server.proc.returncode})", stderr),
+                detail=stderr[-STDERR_TAIL:],
+            )
+        result: dict[str, Any] = json.loads(lines[-1])
+        result.update(
+            backend=backend,
+            rss_kb=rss,
+            foreign_cpus=round(foreign_cpus, 2),
+            server_exit=server.exit_note or "clean",
+            server_errors=count_server_errors(stderr),
+            server_stderr_tail=stderr[-STDERR_TAIL:],
+            loadgen_stderr=proc.stderr[-STDERR_TAIL:],
+        )
+        return Outcome("ok", result=result)

@@ -1,0 +1,186 @@
+"""Smoke tests for bench/: every workload runs briefly against every impl and
+every reply checks out.  They never assert anything about speed.
+
+They need a C compiler (the bench builds its load generator) and fail, not
+skip, without one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pstats
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+WORKLOADS = (
+    "pingpong",
+    "pipelined",
+    "pipelined-coalesce",
+    "perconn",
+    "udp",
+    "udp-threading",
+    "unix",
+    "bulk",
+)
+LATENCY_WORKLOADS = {"pingpong", "perconn", "udp", "udp-threading", "unix"}
+IMPLS = ("cython", "pure", "stdlib", "c-reference")
+TIMEOUT = 600
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "FASTSERVER_NO_EXTENSIONS"}
+    env.update(extra)
+    return env
+
+
+def require_compiler() -> None:
+    cc = shlex.split(os.environ.get("CC", "cc")) or ["cc"]
+    assert shutil.which(cc[0]), f"no C compiler {cc[0]!r}: bench/ needs one to build its load generator"
+
+
+def fastserver_backend() -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import fastserver; print(fastserver.backend)"],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, f"fastserver does not import:\n{proc.stderr}"
+    return proc.stdout.strip()
+
+
+def run_bench(args: list[str], json_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--json", str(json_path)],
+        cwd=REPO,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert json_path.exists(), f"no JSON written (exit {proc.returncode})\n{proc.stdout}\n{proc.stderr}"
+    return proc, json.loads(json_path.read_text())
+
+
+def check_run(workload: str, impl: str, run: dict[str, Any]) -> None:
+    where = f"{workload}/{impl}"
+    assert run["valid"] is True and run["mismatches"] == 0, f"{where}: {run['first_mismatch']}"
+    assert run["verified"] is True, where
+    if workload.startswith("udp"):
+        # A machine busy with other work can drop every datagram of a short run;
+        # then each one must at least have been accounted for as lost.
+        assert run["count"] > 0 or run["lost"] > 0, f"{where}: no datagram answered or timed out"
+    else:
+        assert run["count"] > 0, f"{where}: no replies at all ({run['first_error']})"
+    assert run["errors"] == 0, f"{where}: {run['errors']} errors, first: {run['first_error']}"
+    assert run["server_errors"] == 0, f"{where}: server stderr:\n{run['server_stderr_tail']}"
+    assert run["server_exit"] == "clean", f"{where}: {run['server_exit']}"
+    assert isinstance(run["rss_kb"], int) and run["rss_kb"] > 0, where
+    if workload in LATENCY_WORKLOADS:
+        if run["count"]:
+            assert 0 <= run["p50_us"] <= run["p99_us"], where
+    else:
+        assert run["p50_us"] is None and run["p99_us"] is None, where
+
+
+def test_quick_bench_every_workload_and_impl(tmp_path: Path) -> None:
+    require_compiler()
+    cython = fastserver_backend() == "cython"
+    proc, doc = run_bench(
+        ["--quick", "--duration", "1", "--reps", "1", "--impl", ",".join(IMPLS)], tmp_path / "bench.json"
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert doc["mismatches"] == 0 and doc["failed"] == []
+    for key in ("cpu_model", "cpus", "kernel", "python", "pinning"):
+        assert doc["machine"][key], key
+    assert list(doc["workloads"]) == list(WORKLOADS)
+    for name, workload in doc["workloads"].items():
+        assert name in proc.stdout
+        assert list(workload["rows"]) == list(IMPLS), name
+        for impl, row in workload["rows"].items():
+            if impl == "cython" and not cython:
+                assert row["status"] == "unavailable" and row["reason"], row
+                continue
+            assert row["status"] == "ok", f"{name}/{impl}: {row.get('failures') or row.get('reason')}"
+            assert row["failures"] == [] and len(row["runs"]) == 1, f"{name}/{impl}: {row['failures']}"
+            check_run(name, impl, row["runs"][0])
+            assert "median" in row["summary"]["rate"]
+            assert "vs_stdlib" in row and "vs_c_reference" in row
+    stdout_rows = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+    assert set(IMPLS) <= stdout_rows
+
+
+def write_module(directory: Path, name: str, source: str) -> None:
+    (directory / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+def test_user_handler_is_profiled_per_impl(tmp_path: Path) -> None:
+    require_compiler()
+    write_module(
+        tmp_path,
+        "smoke_user_handlers",
+        """
+        import socketserver
+
+        class ReadlineEcho(socketserver.StreamRequestHandler):
+            def handle(self):
+                while True:
+                    line = self.rfile.readline()
+                    if not line:
+                        return
+                    self.wfile.write(line)
+        """,
+    )
+    prof_dir = tmp_path / "prof"
+    proc, doc = run_bench(
+        ["--handler", "smoke_user_handlers:ReadlineEcho", "--server", "ThreadingTCPServer", "--verify-echo"]
+        + ["--workload", "pingpong", "--impl", "pure", "--impl", "stdlib"]
+        + ["--duration", "0.5", "--warmup", "0.2", "--reps", "1", "--profile", str(prof_dir)],
+        tmp_path / "bench.json",
+        PYTHONPATH=str(tmp_path),
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    rows = doc["workloads"]["pingpong"]["rows"]
+    assert list(rows) == ["pure", "stdlib"]
+    for impl, row in rows.items():
+        assert row["status"] == "ok", row
+        check_run("pingpong", impl, row["runs"][0])
+        stats = pstats.Stats(str(prof_dir / f"pingpong-{impl}.prof"))
+        functions = {(Path(file).name, func) for file, _, func in stats.stats}  # type: ignore[attr-defined]
+        # The handler runs in worker threads, so this also proves they were profiled.
+        assert ("smoke_user_handlers.py", "handle") in functions, impl
+    assert not list(prof_dir.glob("*.rep*.prof")), "per-repetition profiles were not merged"
+
+
+def test_corrupted_reply_marks_the_run_invalid(tmp_path: Path) -> None:
+    require_compiler()
+    write_module(
+        tmp_path,
+        "smoke_bad_handlers",
+        """
+        import socketserver
+
+        class Corrupting(socketserver.StreamRequestHandler):
+            def handle(self):
+                for line in self.rfile:
+                    self.wfile.write(b"#" + line[1:])
+        """,
+    )
+    proc, doc = run_bench(
+        ["--handler", "smoke_bad_handlers:Corrupting", "--verify-echo", "--workload", "pingpong", "--impl", "stdlib"]
+        + ["--duration", "0.3", "--warmup", "0", "--reps", "1"],
+        tmp_path / "bench.json",
+        PYTHONPATH=str(tmp_path),
+    )
+    assert proc.returncode != 0
+    assert doc["mismatches"] > 0
+    assert doc["workloads"]["pingpong"]["rows"]["stdlib"]["runs"][0]["valid"] is False
+    assert "INVALID" in proc.stdout
