@@ -76,6 +76,7 @@ cdef extern from "<sys/socket.h>" nogil:
         AF_INET6
         SOCK_STREAM
         SOCK_DGRAM
+        MSG_DONTWAIT
 
 
 cdef extern from "<netinet/in.h>" nogil:
