@@ -5,7 +5,7 @@ working. ``fastserver.backend`` names the active core: ``"cython"`` or
 ``"python"`` (set ``FASTSERVER_NO_EXTENSIONS=1`` to force the latter).
 """
 
-from ._compat import backend
+from ._compat import backend as backend
 from .handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from .pool import (
     ThreadPoolMixIn,
@@ -13,6 +13,7 @@ from .pool import (
     ThreadPoolUDPServer,
     ThreadPoolUnixStreamServer,
 )
+from .proxy import ProxyProtocolMixIn
 from .servers import (
     BaseServer,
     ForkingMixIn,
@@ -45,7 +46,7 @@ __all__ = [
     "ForkingUnixStreamServer", "ForkingUnixDatagramServer",
     # fastserver's additions
     "ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer",
-    "ThreadPoolUnixStreamServer",
+    "ThreadPoolUnixStreamServer", "ProxyProtocolMixIn",
 ]
 
 # Public classes report the package as their module, as socketserver's do

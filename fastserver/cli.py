@@ -22,8 +22,9 @@ import stat
 import sys
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from . import servers
+from . import activation, servers
 from .pool import ThreadPoolMixIn
+from .proxy import ProxyProtocolMixIn, _networks
 from .prefork import Supervisor
 
 __all__ = ["main", "build_parser", "add_run_arguments", "parse_bind",
@@ -34,6 +35,7 @@ log = logging.getLogger("fastserver.cli")
 DEFAULT_BIND = "127.0.0.1:8000"
 DEFAULT_BACKLOG = 1024
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
+DEFAULT_PROXY_TIMEOUT = 3.0
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
@@ -91,6 +93,36 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_GRACEFUL_TIMEOUT,
         help="seconds in-flight requests get to finish after SIGTERM "
              "(default %g)" % DEFAULT_GRACEFUL_TIMEOUT)
+    proxy = parser.add_argument_group(
+        "PROXY protocol",
+        "accept the original client's address from a load balancer "
+        "(HAProxy send-proxy / send-proxy-v2); stream servers only")
+    proxy.add_argument(
+        "--proxy-protocol", choices=("v1", "v2", "auto"), default=None,
+        help="connections from trusted proxies must start with a PROXY "
+             "header of this version (auto: either); off by default")
+    proxy.add_argument(
+        "--trusted-proxy", metavar="CIDR", action="append", type=_cidr,
+        default=None,
+        help="a network allowed to send the header, e.g. 10.0.0.0/24 or "
+             "127.0.0.1 ('unix' for Unix socket peers); repeat for several; "
+             "required with --proxy-protocol")
+    proxy.add_argument(
+        "--proxy-untrusted", choices=("close", "serve"), default="close",
+        help="what to do with connections from other peers: close them "
+             "(default) or serve them with their real address, never "
+             "reading a header")
+    proxy.add_argument(
+        "--proxy-timeout", metavar="S", type=_positive_float,
+        default=DEFAULT_PROXY_TIMEOUT,
+        help="seconds the whole header may take to arrive (default %g)"
+             % DEFAULT_PROXY_TIMEOUT)
+    systemd = parser.add_argument_group("systemd")
+    systemd.add_argument(
+        "--systemd", action="store_true",
+        help="serve on the socket systemd passed (socket activation: "
+             "LISTEN_FDS/LISTEN_PID) instead of binding --bind; its type "
+             "and family choose the server class as --bind would")
     logs = parser.add_argument_group("logging")
     logs.add_argument(
         "--log-level", choices=LOG_LEVELS, default="info",
@@ -105,6 +137,21 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1, got %d" % value)
     return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be positive, got %r" % (text,))
+    return value
+
+
+def _cidr(text: str) -> str:
+    try:
+        _networks([text])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return text
 
 
 def _non_negative_float(text: str) -> float:
@@ -230,6 +277,21 @@ def server_class_for(args: argparse.Namespace, family: int) -> type:
         attrs["request_queue_size"] = args.backlog
     if not unix:
         attrs["allow_reuse_address"] = True
+    if getattr(args, "proxy_protocol", None) is not None:
+        if base_socket_type != socket.SOCK_STREAM:
+            raise ValueError("--proxy-protocol needs a stream server, not %s"
+                             % base.__name__)
+        if not args.trusted_proxy:
+            raise ValueError("--proxy-protocol needs at least one "
+                             "--trusted-proxy")
+        if not issubclass(base, ProxyProtocolMixIn):
+            bases = (ProxyProtocolMixIn,) + bases
+        attrs["proxy_protocol"] = args.proxy_protocol
+        attrs["trusted_proxies"] = tuple(args.trusted_proxy)
+        attrs["proxy_untrusted"] = args.proxy_untrusted
+        attrs["proxy_timeout"] = args.proxy_timeout
+    elif getattr(args, "trusted_proxy", None):
+        raise ValueError("--trusted-proxy needs --proxy-protocol")
     return type(name, bases, attrs)
 
 
@@ -273,6 +335,8 @@ def _remove_stale_unix_socket(path: str) -> None:
 
 def make_server(args: argparse.Namespace) -> Any:
     """Build the bound, listening server the options describe."""
+    if getattr(args, "systemd", False):
+        return _systemd_server(args)
     family, address = parse_bind(args.bind)
     handler = load_object(args.target)
     if not isinstance(handler, type):
@@ -286,6 +350,36 @@ def make_server(args: argparse.Namespace) -> Any:
     return cls(address, handler)
 
 
+def _systemd_server(args: argparse.Namespace) -> Any:
+    """The server on the socket systemd passed (--systemd)."""
+    if args.bind != DEFAULT_BIND:
+        raise ValueError("--bind and --systemd exclude each other: the "
+                         ".socket unit sets the address")
+    handler = load_object(args.target)
+    if not isinstance(handler, type):
+        raise ValueError("%s is not a request handler class" % (args.target,))
+    passed = activation.listen_sockets()
+    if len(passed) != 1:
+        for _, sock in passed:
+            sock.close()
+        raise activation.ActivationError(
+            "--systemd serves one socket; systemd passed %d" % len(passed))
+    sock = passed[0][1]
+    try:
+        if sock.type == socket.SOCK_DGRAM and not args.udp:
+            raise activation.ActivationError(
+                "the socket systemd passed is a datagram socket: add --udp")
+        cls = server_class_for(args, sock.family)
+        server = activation.server_from_socket(cls, handler, sock)
+    except BaseException:
+        sock.close()
+        raise
+    log.info("serving on the socket systemd passed (%s)",
+             sock.getsockname() if sock.family == socket.AF_UNIX
+             else "%s:%s" % sock.getsockname()[:2])
+    return server
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()),
                         format=LOG_FORMAT, stream=sys.stderr)
@@ -295,6 +389,9 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     setup_logging(args.log_level)
     try:
         server = make_server(args)
+    except activation.ActivationError as exc:
+        log.error("--systemd: %s", exc)
+        return 1
     except (ValueError, ImportError, AttributeError) as exc:
         parser.error(str(exc))
     except OSError as exc:

@@ -220,14 +220,19 @@ class Listener:
     - ``idle()``: no connection is queued or on its way into the queue.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, inherited: bool = False) -> None:
         self.sock = sock
         self.kind = "other"
         self.port = 0
         self.path: Optional[str] = None
         self.inode = 0
         linux = sys.platform.startswith("linux")
-        if sock.type == socket.SOCK_DGRAM:
+        if inherited:
+            # Another process (systemd) owns the socket and keeps it open:
+            # connections still queued at the end wait for the next start,
+            # so never filter or unlink it (a filter would outlive us).
+            self.kind = "inherited"
+        elif sock.type == socket.SOCK_DGRAM:
             self.kind = "datagram"
         elif sock.family in (socket.AF_INET, socket.AF_INET6) and linux:
             self.kind = "tcp"
@@ -510,7 +515,8 @@ class Supervisor:
         self.workers = workers
         self.graceful_timeout = graceful_timeout
         self.post_fork = post_fork
-        self.listener = Listener(server.socket)
+        self.listener = Listener(server.socket, inherited=bool(
+            getattr(server, "socket_inherited", False)))
         self._slots = [_Slot(i) for i in range(workers)]
         self._pids: Dict[int, _Slot] = {}       # live workers
         self._retiring: Dict[int, _Slot] = {}   # replaced by SIGHUP

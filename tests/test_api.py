@@ -43,7 +43,7 @@ CLASS_VARIABLES = {
 # fastserver's additions to socketserver's names.
 FASTSERVER_ADDITIONS = [
     "ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer",
-    "ThreadPoolUnixStreamServer",
+    "ThreadPoolUnixStreamServer", "ProxyProtocolMixIn",
 ]
 
 
