@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 from io import BytesIO
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 
 from ._compat import core
 
@@ -82,6 +82,10 @@ class StreamRequestHandler(BaseRequestHandler):
     disable_nagle_algorithm: bool = False
     coalesce_writes: bool = False
     coalesce_limit: int = 65536
+    # Set by setup().
+    connection: Any
+    rfile: BinaryIO
+    wfile: BinaryIO
 
     def __init__(self, request: Any, client_address: Any, server: Any) -> None:
         self.request = request
@@ -131,6 +135,11 @@ class DatagramRequestHandler(BaseRequestHandler):
     sent back to client_address by finish(), as one datagram, even when it
     is empty. Instance variables set by setup(): packet, socket, rfile, wfile.
     """
+
+    packet: bytes
+    socket: socket.socket
+    rfile: BytesIO
+    wfile: BytesIO
 
     def setup(self) -> None:
         self.packet, self.socket = self.request

@@ -12,12 +12,13 @@ import socket
 import sys
 import traceback
 from socket import socket as _Socket
-from typing import Any, Callable, Optional, Set, Tuple
+from typing import Any, Callable, Optional, Set, Tuple, TypeVar
 
 from ._compat import core
 from ._workers import NoWorkers, WorkerThreads
 
 _Address = Any
+_Server = TypeVar("_Server", bound="BaseServer")
 _RequestHandlerClass = Callable[[Any, Any, "BaseServer"], Any]
 
 
@@ -211,7 +212,7 @@ class BaseServer:
         traceback.print_exc()
         print("-" * 40, file=sys.stderr)
 
-    def __enter__(self) -> "BaseServer":
+    def __enter__(self: _Server) -> _Server:
         return self
 
     def __exit__(self, *args: object) -> None:
