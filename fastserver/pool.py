@@ -18,7 +18,8 @@ import threading
 from typing import Any, Callable, Deque, Set, Tuple
 
 from ._workers import release_idle_at_exit
-from .servers import TCPServer, ThreadingMixIn, UDPServer, UnixStreamServer
+from .servers import (TCPServer, ThreadingMixIn, UDPServer, UnixStreamServer,
+                      close_with_handlers)
 
 __all__ = [
     "ThreadPoolMixIn",
@@ -247,10 +248,12 @@ class ThreadPoolMixIn:
             pool.resume()
 
     def server_close(self) -> None:
-        super().server_close()  # type: ignore[misc]
-        pool = self.__dict__.pop("_fs_pool_threads", None)
-        if pool is not None:
-            pool.close(join=bool(self.block_on_close))
+        def close_pool() -> None:
+            pool = self.__dict__.pop("_fs_pool_threads", None)
+            if pool is not None:
+                pool.close(join=bool(self.block_on_close))
+
+        close_with_handlers(self, super().server_close, close_pool)  # type: ignore[misc]
 
 
 class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):

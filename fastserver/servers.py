@@ -486,8 +486,25 @@ class ThreadingMixIn:
                        bool(self.daemon_threads), self.thread_idle_timeout)
 
     def server_close(self) -> None:
-        super().server_close()  # type: ignore[misc]
-        self._threads.close(join=bool(self.block_on_close))
+        close_with_handlers(self, super().server_close,  # type: ignore[misc]
+                            lambda: self._threads.close(join=bool(self.block_on_close)))
+
+
+def close_with_handlers(server: Any, close_socket: Callable[[], None],
+                        close_handlers: Callable[[], None]) -> None:
+    """server_close() of a server whose handlers run in threads.
+
+    A datagram handler replies through the server's own socket, so its
+    threads are waited for (or released) before that socket closes;
+    socketserver closes it first and an in-flight reply fails with EBADF.
+    A stream server closes its listening socket first, as socketserver does.
+    """
+    if getattr(server, "socket_type", None) == socket.SOCK_DGRAM:
+        close_handlers()
+        close_socket()
+    else:
+        close_socket()
+        close_handlers()
 
 
 class ForkingUDPServer(ForkingMixIn, UDPServer):

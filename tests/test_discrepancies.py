@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import socketserver
+import sys
 import threading
 import time
 from typing import Any, List
@@ -116,3 +117,41 @@ def test_newer_api_on_older_interpreters(impl: Impl) -> None:
     assert issubclass(impl.ss.ForkingUnixStreamServer, impl.ss.UnixStreamServer)
     assert issubclass(impl.ss.ForkingUnixDatagramServer,
                       impl.ss.UnixDatagramServer)
+
+
+def test_datagram_server_close_lets_replies_out(impl: Impl) -> None:
+    """socketserver's threading (and forking) datagram servers close the
+    server socket in server_close() before joining the handler threads that
+    reply through it, so a reply still in flight fails (EBADF) and is lost.
+    fastserver's ThreadingMixIn and ThreadPoolMixIn wait for those handlers
+    first on datagram servers; stream servers keep socketserver's order."""
+    def reply_after_close(ss: Any, cls_name: str) -> Any:
+        started = threading.Event()
+        errors: List[str] = []
+
+        class Slow(ss.DatagramRequestHandler):  # type: ignore[name-defined,misc]
+            def handle(self) -> None:
+                started.set()
+                time.sleep(0.2)
+                self.wfile.write(b"late reply")
+
+        class Server(getattr(ss, cls_name)):  # type: ignore[misc]
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                errors.append(type(sys.exc_info()[1]).__name__)
+
+        server = Server((HOST, 0), Slow)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.bind((HOST, 0))
+            client.settimeout(2)
+            client.sendto(b"x", server.server_address)
+            server.handle_request()
+            assert started.wait(5)
+            server.server_close()
+            try:
+                return client.recv(100)
+            except socket.timeout:
+                return errors
+
+    assert reply_after_close(impl.ss, "ThreadingUDPServer") == b"late reply"
+    assert reply_after_close(impl.ss, "ThreadPoolUDPServer") == b"late reply"
+    assert reply_after_close(socketserver, "ThreadingUDPServer") == ["OSError"]
