@@ -1,0 +1,133 @@
+"""The core's wfile against the stdlib's, for random call sequences.
+
+Each example runs the same sequence of write()/writelines()/flush() calls
+with random payloads and bytes-like types on fastserver's wfile and on the
+stdlib's (socketserver's unbuffered writer for wbufsize 0, the buffered
+makefile('wb') otherwise), each over its own socketpair. The return values,
+the exceptions, the bytes the peer has received after every call (for the
+unbuffered writer, where that is part of the contract) and the bytes it has
+received in the end must be identical. With coalesce_writes the stdlib has no
+twin: the end result must equal the unbuffered writer's, and nothing may be
+sent before a flush or the size bound.
+"""
+
+from __future__ import annotations
+
+import array
+import socket
+import socketserver
+from typing import Any, List, Tuple
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import Impl
+
+payloads = st.binary(min_size=0, max_size=3000)
+kinds = st.sampled_from(["bytes", "bytearray", "memoryview", "array"])
+calls = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), payloads, kinds),
+        st.tuples(st.just("writelines"), st.lists(payloads, max_size=4), kinds),
+        st.tuples(st.just("flush"), st.just(b""), st.just("bytes")),
+    ),
+    min_size=1, max_size=12)
+
+
+def as_kind(data: bytes, kind: str) -> Any:
+    if kind == "bytearray":
+        return bytearray(data)
+    if kind == "memoryview":
+        return memoryview(data)
+    if kind == "array":
+        return array.array("B", data)
+    return data
+
+
+def drain(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    chunks = []
+    try:
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass
+    return b"".join(chunks)
+
+
+def run(make_writer: Any, sequence: List[Tuple[str, Any, str]],
+        observe_each: bool) -> Tuple[List[Any], bytes]:
+    a, b = socket.socketpair()
+    # Room for everything, so that no write blocks on a peer that reads later.
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    log: List[Any] = []
+    received = b""
+    with a, b:
+        wfile = make_writer(a)
+        for op, data, kind in sequence:
+            try:
+                if op == "write":
+                    log.append(("write", wfile.write(as_kind(data, kind))))
+                elif op == "writelines":
+                    log.append(("writelines", wfile.writelines(
+                        [as_kind(d, kind) for d in data])))
+                else:
+                    log.append(("flush", wfile.flush()))
+            except Exception as exc:  # noqa: BLE001 - compared below
+                log.append((op, type(exc), str(exc)))
+            if observe_each:
+                received += drain(b)
+                log.append(("peer has", len(received)))
+        wfile.close()
+        received += drain(b)
+    return log, received
+
+
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@SETTINGS
+@given(sequence=calls)
+def test_unbuffered_wfile_matches_stdlib(impl: Impl, sequence: Any) -> None:
+    core = impl.ss._compat.core
+    ours = run(lambda s: core.open_stream(s, -1, 0, 0)[1], sequence, True)
+    theirs = run(socketserver._SocketWriter, sequence, True)  # type: ignore[attr-defined]
+    assert ours == theirs
+
+
+@SETTINGS
+@given(sequence=calls, wbufsize=st.sampled_from([1, 100, 8192]))
+def test_buffered_wfile_matches_stdlib(impl: Impl, sequence: Any, wbufsize: int) -> None:
+    core = impl.ss._compat.core
+    ours = run(lambda s: core.open_stream(s, -1, wbufsize, 0)[1], sequence, False)
+    theirs = run(lambda s: s.makefile("wb", wbufsize), sequence, False)
+    assert ours == theirs
+
+
+@SETTINGS
+@given(sequence=calls, limit=st.sampled_from([1, 500, 65536]))
+def test_coalescing_wfile_sends_the_same_bytes(impl: Impl, sequence: Any, limit: int) -> None:
+    core = impl.ss._compat.core
+    log, received = run(lambda s: core.open_stream(s, -1, 0, limit)[1], sequence, True)
+    plain_log, plain_received = run(socketserver._SocketWriter, sequence, False)  # type: ignore[attr-defined]
+    assert received == plain_received
+    # Same return values as the unbuffered writer, call for call.
+    assert [entry for entry in log if entry[0] != "peer has"] == plain_log
+    # Nothing reaches the peer between flushes until the bound is reached.
+    expected_sent: List[int] = []
+    pending = sent = 0
+    for op, data, _ in sequence:
+        pieces = [data] if op == "write" else data if op == "writelines" else []
+        for piece in pieces:  # writelines() writes each line in turn
+            pending += len(piece)
+            if pending >= limit:
+                sent, pending = sent + pending, 0
+        if op == "flush":
+            sent, pending = sent + pending, 0
+        expected_sent.append(sent)
+    assert [entry[1] for entry in log if entry[0] == "peer has"] == expected_sent
