@@ -71,6 +71,9 @@ def _extensions() -> list:
         # design) and ServeLoop's waker hand-off rely on it; see _core.pxd.
         "freethreading_compatible": False,
     }
+    if not debug:
+        # CPython's CFLAGS carry -g; a release wheel needs no debug info.
+        cflags.append("-g0")
     if debug:
         directives.update(linetrace=True, profile=False)
         macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
