@@ -39,29 +39,11 @@ import threading as _threading
 
 from fastserver import _pure
 
-__all__ = [
-    "ServeLoop",
-    "accept",
-    "DatagramReceiver",
-    "open_stream",
-    "SocketWriter",
-    "CoalescingWriter",
-    "RESOURCE_ERRNOS",
-    "BACKOFF_FIRST",
-    "BACKOFF_MAX",
-]
-
-#: accept() errors that mean "out of descriptors or memory": retrying at once
-#: cannot succeed, so the loop backs off instead of spinning.
-RESOURCE_ERRNOS = frozenset(
-    {_errno.EMFILE, _errno.ENFILE, _errno.ENOBUFS, _errno.ENOMEM}
-)
-#: The first back-off after a resource error, and the cap it doubles up to.
-#: The cap bounds how late a freed descriptor is noticed.
-BACKOFF_FIRST = 0.005
-BACKOFF_MAX = 0.1
-# A resource error later than this after the previous one starts afresh.
-cdef double _BACKOFF_RESET = 1.0
+# The interface, its constants and their values are _pure's: one definition
+# for both cores.
+__all__ = list(_pure.__all__)
+from fastserver._pure import BACKOFF_FIRST, BACKOFF_MAX, RESOURCE_ERRNOS
+cdef double _BACKOFF_RESET = _pure._BACKOFF_RESET
 
 include "_cy/sysio.pxi"
 include "_cy/loop.pxi"
