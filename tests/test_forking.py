@@ -137,6 +137,18 @@ def echo_once(server: Any, kind: str, payload: bytes) -> Tuple[int, bytes]:
 
 # --- class attributes ------------------------------------------------------
 
+
+def serve_one_client(stack: contextlib.ExitStack, server: Any, kind: str) -> None:
+    """Serve server in a thread and start one request on it, both undone
+    when stack closes."""
+    stack.enter_context(serving(server, poll_interval=0.02))
+    if kind in STREAM_KINDS:
+        stack.enter_context(connect(server))
+    else:
+        client = dgram_client(server)
+        stack.callback(close_dgram_client, client)
+        client.sendto(b"go", server.server_address)
+
 def test_forking_mixin_defaults(ref_impl: Impl) -> None:
     mixin = ref_impl.ss.ForkingMixIn
     assert mixin.timeout == 300
@@ -357,13 +369,7 @@ def test_server_close_waits_for_children(ref_impl: Impl, kind: str) -> None:
         pid = None
         try:
             with contextlib.ExitStack() as stack:
-                stack.enter_context(serving(server, poll_interval=0.02))
-                if kind in STREAM_KINDS:
-                    stack.enter_context(connect(server))
-                else:
-                    client = dgram_client(server)
-                    stack.callback(close_dgram_client, client)
-                    client.sendto(b"go", server.server_address)
+                serve_one_client(stack, server, kind)
                 pid = int(read_pipe_line(r))
                 assert not os.path.exists(marker)
                 os.write(release_w, b"x")  # the child finishes 0.2 s from now
@@ -398,13 +404,7 @@ def test_server_close_without_block_on_close(ref_impl: Impl, kind: str) -> None:
         pid = None
         try:
             with contextlib.ExitStack() as stack:
-                stack.enter_context(serving(server, poll_interval=0.02))
-                if kind in STREAM_KINDS:
-                    stack.enter_context(connect(server))
-                else:
-                    client = dgram_client(server)
-                    stack.callback(close_dgram_client, client)
-                    client.sendto(b"go", server.server_address)
+                serve_one_client(stack, server, kind)
                 pid = int(read_pipe_line(r))
             # serving() returned: server_close() did not wait for the child
             assert server.socket.fileno() == -1
