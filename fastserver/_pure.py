@@ -220,8 +220,9 @@ class DatagramReceiver:
 
     ``recv(max_packet_size)`` returns (data, client_address) and truncates
     longer datagrams, as recvfrom() does. ``pending`` counts datagrams
-    already received and not yet returned (always 0 here: the pure core
-    receives one datagram per call).
+    already received and not yet returned: the Cython core receives in
+    recvmmsg() batches; the pure core receives one datagram per call, so
+    its count is always 0.
     """
 
     pending = 0
