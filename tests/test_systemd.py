@@ -43,8 +43,10 @@ def socket_activate() -> str:
 
 def passed_env(env: Dict[str, str]) -> List[str]:
     """systemd-socket-activate gives the service a clean environment: the
-    options that pass on what selects the checkout and the backend."""
-    names = [n for n in ("PYTHONPATH", "FASTSERVER_NO_EXTENSIONS") if n in env]
+    options that pass on what selects the checkout and the backend, and the
+    sanitizer runtime of an ASan build (.ci/sanitize)."""
+    names = [n for n in ("PYTHONPATH", "FASTSERVER_NO_EXTENSIONS", "LD_PRELOAD",
+                         "ASAN_OPTIONS", "PYTHONMALLOC") if n in env]
     return [arg for n in names for arg in ("-E", n)]
 
 
