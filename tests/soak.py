@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 HERE = Path(__file__).parent
 HOST = "127.0.0.1"
@@ -41,12 +41,16 @@ class Totals:
                 self.counts[key] = self.counts.get(key, 0) + value
 
 
-def start_server(cls: str, backend: str) -> Tuple[subprocess.Popen, int]:
-    env = dict(os.environ)
-    env.pop("FASTSERVER_NO_EXTENSIONS", None)
-    if backend == "python":
-        env["FASTSERVER_NO_EXTENSIONS"] = "1"
-    proc = subprocess.Popen([sys.executable, str(HERE / "scripts" / "echo_server.py"), cls, "1.0"],
+def start_server(cls: str, backend: str, *args: str,
+                 env: Optional[Dict[str, str]] = None) -> Tuple[subprocess.Popen, int]:
+    """Start tests/scripts/echo_server.py CLS ARGS on the named backend;
+    return the process and its port (also used by tests/test_resources.py)."""
+    if env is None:
+        env = dict(os.environ)
+        env.pop("FASTSERVER_NO_EXTENSIONS", None)
+        if backend == "python":
+            env["FASTSERVER_NO_EXTENSIONS"] = "1"
+    proc = subprocess.Popen([sys.executable, str(HERE / "scripts" / "echo_server.py"), cls, *args],
                             stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     port, got = proc.stdout.readline().split()
@@ -56,6 +60,7 @@ def start_server(cls: str, backend: str) -> Tuple[subprocess.Popen, int]:
 
 
 def sample(pid: int) -> Dict[str, int]:
+    """The process's RSS (kB), open descriptors and threads, from /proc."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
     return {"rss_kb": int(fields["VmRSS"].split()[0]), "fds": len(os.listdir(f"/proc/{pid}/fd")),
             "threads": int(fields["Threads"])}
@@ -121,8 +126,8 @@ def main() -> int:
     backend = args.backend or fastserver.backend
     duration = args.minutes * 60
 
-    tcp, tcp_port = start_server("ThreadingTCPServer", backend)
-    dgram, udp_port = start_server("UDPServer", backend)
+    tcp, tcp_port = start_server("ThreadingTCPServer", backend, "1.0")
+    dgram, udp_port = start_server("UDPServer", backend, "1.0")
     totals, stop, errors = Totals(), threading.Event(), []
     workers = [(pingpong, tcp_port, 8), (perconn, tcp_port, 4), (udp, udp_port, 2)]
     threads = []

@@ -9,7 +9,6 @@ import random
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,30 +17,17 @@ from typing import Dict, List, Tuple
 import pytest
 
 from conftest import HOST, Impl, backend_env
+from soak import sample, start_server
 
-SCRIPT = Path(__file__).parent / "scripts" / "echo_server.py"
 
 
-def start(impl: Impl, *args: str) -> Tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args],
-                            stdout=subprocess.PIPE, text=True, env=backend_env(impl.name))
-    assert proc.stdout is not None
-    port, backend = proc.stdout.readline().split()
-    assert backend == impl.name
-    return proc, int(port)
+def start(impl: Impl, cls: str, *args: str) -> Tuple[subprocess.Popen, int]:
+    return start_server(cls, impl.name, *args, env=backend_env(impl.name))
 
 
 def stop(proc: subprocess.Popen) -> int:
     proc.terminate()
     return proc.wait(30)
-
-
-def usage(pid: int) -> Dict[str, int]:
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    fields = dict(line.split(":", 1) for line in status)
-    return {"fds": len(os.listdir(f"/proc/{pid}/fd")),
-            "threads": int(fields["Threads"]),
-            "rss_kb": int(fields["VmRSS"].split()[0])}
 
 
 def hammer(port: int, count: int, seed: int) -> int:
@@ -71,9 +57,9 @@ def hammer(port: int, count: int, seed: int) -> int:
 def settle(pid: int, baseline: Dict[str, int], timeout: float = 15) -> Dict[str, int]:
     """Wait for idle handler threads to expire; return the final usage."""
     deadline = time.monotonic() + timeout
-    now = usage(pid)
+    now = sample(pid)
     while time.monotonic() < deadline:
-        now = usage(pid)
+        now = sample(pid)
         if now["threads"] <= baseline["threads"] and now["fds"] <= baseline["fds"]:
             break
         time.sleep(0.2)
@@ -132,6 +118,6 @@ def test_forking_server_leaves_no_zombies(impl: Impl) -> None:
         while children_of(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert children_of(proc.pid) == []
-        assert usage(proc.pid)["fds"] < 20
+        assert sample(proc.pid)["fds"] < 20
     finally:
         assert stop(proc) == 0
