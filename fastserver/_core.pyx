@@ -14,7 +14,7 @@ The source is split by concern:
   socketmodule.c way; address formatting.
 - ``_cy/loop.pxi``: ServeLoop.
 - ``_cy/accept.pxi``: accept().
-- ``_cy/datagram.pxi``: DatagramReceiver.
+- ``_cy/datagram.pxi``: DatagramReceiver, sendto().
 - ``_cy/writer.pxi``: SocketWriter, CoalescingWriter.
 - ``_cy/stream.pxi``: the rfile (StreamReader) and open_stream().
 """

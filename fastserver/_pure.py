@@ -10,6 +10,7 @@ same behaviour and the same docstrings:
   backs off when ``accept()`` runs out of descriptors or memory.
 - ``accept(sock)``: the default ``TCPServer.get_request``.
 - ``DatagramReceiver``: the default ``UDPServer.get_request``.
+- ``sendto(sock, data, address)``: the reply of a ``DatagramRequestHandler``.
 - ``open_stream(sock, rbufsize, wbufsize, coalesce_limit)``: the ``rfile`` and
   ``wfile`` pair of a ``StreamRequestHandler``.
 - ``SocketWriter`` and ``CoalescingWriter``: the two unbuffered-by-default
@@ -31,6 +32,7 @@ __all__ = [
     "ServeLoop",
     "accept",
     "DatagramReceiver",
+    "sendto",
     "open_stream",
     "SocketWriter",
     "CoalescingWriter",
@@ -232,6 +234,18 @@ class DatagramReceiver:
 
     def recv(self, max_packet_size: int) -> Tuple[bytes, Any]:
         return self.sock.recvfrom(max_packet_size)
+
+
+def sendto(sock: socket.socket, data: Any, address: Any) -> int:
+    """sock.sendto(data, address): a DatagramRequestHandler's reply.
+
+    The Cython core first tries one non-blocking send with the GIL held
+    when the address is numeric (as every address a server receives
+    from is): UDP rarely lacks buffer room, and releasing the GIL for
+    every reply hands it to another handler thread and then waits to get
+    it back. Anything else, or a full buffer, is sock.sendto() itself.
+    """
+    return sock.sendto(data, address)
 
 
 class SocketWriter(io.BufferedIOBase):

@@ -147,4 +147,4 @@ class DatagramRequestHandler(BaseRequestHandler):
         self.wfile = BytesIO()
 
     def finish(self) -> None:
-        self.socket.sendto(self.wfile.getvalue(), self.client_address)
+        core.sendto(self.socket, self.wfile.getvalue(), self.client_address)

@@ -120,3 +120,39 @@ cdef class DatagramReceiver:
             n = size   # cut as recvfrom(max_packet_size) would
         address = _make_address(<sockaddr *>m.msg_hdr.msg_name, m.msg_hdr.msg_namelen)
         return PyBytes_FromStringAndSize(<char *>self._iov[i].iov_base, n), address
+
+
+_SENDTO_METHODS = ("sendto", "fileno")
+
+
+def sendto(sock, data, address):
+    """sock.sendto(data, address): a DatagramRequestHandler's reply.
+
+    The Cython core first tries one non-blocking send with the GIL held
+    when the address is numeric (as every address a server receives
+    from is): UDP rarely lacks buffer room, and releasing the GIL for
+    every reply hands it to another handler thread and then waits to get
+    it back. Anything else, or a full buffer, is sock.sendto() itself.
+    """
+    cdef sockaddr_storage sa
+    cdef socklen_t salen = 0
+    cdef Py_buffer view
+    cdef Py_ssize_t r
+    cdef int err = 0
+    if (not _drivable(sock, _SENDTO_METHODS)
+            or _numeric_address(_sock_family(sock), address, &sa, &salen) < 0
+            or _get_buffer_or_clear(data, &view, PyBUF_SIMPLE) < 0):
+        return sock.sendto(data, address)
+    try:
+        PySys_Audit("socket.sendto", "OO", <PyObject *>sock, <PyObject *>address)
+        r = c_sendto(_fileno(sock), view.buf, <size_t>view.len, MSG_DONTWAIT,
+                     <sockaddr *>&sa, salen)
+        if r < 0:
+            err = errno
+    finally:
+        PyBuffer_Release(&view)
+    if r >= 0:
+        return r
+    if _is_eagain(err) or err == EINTR:
+        return sock.sendto(data, address)
+    _raise_errno(err)

@@ -15,6 +15,8 @@
 
 cdef extern from "Python.h":
     object PyUnicode_DecodeFSDefaultAndSize(const char *s, Py_ssize_t size)
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    int PySys_Audit(const char *event, const char *format, ...) except -1
     ctypedef struct PyTypeObject:
         const char *tp_name
     ctypedef struct PyObject:
@@ -318,6 +320,58 @@ cdef object _make_address(sockaddr *sa, socklen_t addrlen):
         return PyUnicode_DecodeFSDefaultAndSize(
             sun.sun_path, <Py_ssize_t>strnlen(sun.sun_path, <size_t>path_len))
     raise OSError(_errno.EAFNOSUPPORT, "unsupported address family %d" % sa.sa_family)
+
+
+cdef int _numeric_address(int family, object address, sockaddr_storage *sa,
+                          socklen_t *salen) except -2:
+    """Fill sa from an (ip, port[, flowinfo, scope_id]) tuple whose ip is
+    numeric, as socket.sendto() would; 0 on success, -1 for anything else
+    (a host name, "", "<broadcast>", a scope suffix, a value out of range,
+    another family), which the caller leaves to the socket module and its
+    exact errors."""
+    cdef sockaddr_in *sin
+    cdef sockaddr_in6 *sin6
+    cdef Py_ssize_t size, length
+    cdef const char *host
+    cdef unsigned long port, flowinfo = 0, scope_id = 0
+    if type(address) is not tuple:
+        return -1
+    size = len(<tuple>address)
+    if not (size == 2 if family == AF_INET else
+            (family == AF_INET6 and 2 <= size <= 4)):
+        return -1
+    ip = (<tuple>address)[0]
+    if type(ip) is not str or not (<str>ip).isascii():
+        return -1
+    for value, bound in zip((<tuple>address)[1:], (0xffff, 0xfffff, 0xffffffff)):
+        if type(value) is not int or not 0 <= value <= bound:
+            return -1
+    port = (<tuple>address)[1]
+    if size > 2:
+        flowinfo = (<tuple>address)[2]
+    if size > 3:
+        scope_id = (<tuple>address)[3]
+    host = PyUnicode_AsUTF8AndSize(ip, &length)
+    if <Py_ssize_t>strlen(host) != length:
+        return -1   # an embedded NUL: the socket module's error
+    memset(sa, 0, sizeof(sockaddr_storage))
+    if family == AF_INET:
+        sin = <sockaddr_in *>sa
+        if inet_pton(AF_INET, host, &sin.sin_addr) != 1:
+            return -1
+        sin.sin_family = AF_INET
+        sin.sin_port = htons(<uint16_t>port)
+        salen[0] = sizeof(sockaddr_in)
+        return 0
+    sin6 = <sockaddr_in6 *>sa
+    if inet_pton(AF_INET6, host, &sin6.sin6_addr) != 1:
+        return -1
+    sin6.sin6_family = AF_INET6
+    sin6.sin6_port = htons(<uint16_t>port)
+    sin6.sin6_flowinfo = htonl(<uint32_t>flowinfo)
+    sin6.sin6_scope_id = <uint32_t>scope_id
+    salen[0] = sizeof(sockaddr_in6)
+    return 0
 
 
 cdef inline bint _family_supported(int family) noexcept:

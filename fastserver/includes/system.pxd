@@ -22,6 +22,7 @@ cdef extern from "<string.h>" nogil:
     void *memcpy(void *dest, const void *src, size_t n)
     void *memmove(void *dest, const void *src, size_t n)
     void *memset(void *s, int c, size_t n)
+    size_t strlen(const char *s)
     size_t strnlen(const char *s, size_t maxlen)
 
 
@@ -70,6 +71,8 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     ssize_t recvfrom(int fd, void *buf, size_t n, int flags,
                      sockaddr *addr, socklen_t *addrlen)
+    ssize_t c_sendto "sendto"(int fd, const void *buf, size_t n, int flags,
+                             const sockaddr *addr, socklen_t addrlen)
     enum:
         AF_UNIX
         AF_INET
@@ -98,8 +101,11 @@ cdef extern from "<netinet/in.h>" nogil:
 
 cdef extern from "<arpa/inet.h>" nogil:
     uint16_t ntohs(uint16_t v)
+    uint16_t htons(uint16_t v)
     uint32_t ntohl(uint32_t v)
+    uint32_t htonl(uint32_t v)
     const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+    int inet_pton(int af, const char *src, void *dst)
     enum:
         INET_ADDRSTRLEN
         INET6_ADDRSTRLEN
