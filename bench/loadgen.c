@@ -493,19 +493,95 @@ static int run_stream(void) {
     return 0;
 }
 
-static void udp_send(int fd, udp_slot_t *s, uint32_t id, char *buf) {
-    s->seq++;
-    fill_line(buf, id, s->seq, opt.size);
-    ssize_t n = send(fd, buf, (size_t)opt.size, 0);
-    if (n == opt.size) {
-        s->pending = 1;
-        s->need_send = 0;
-        s->t_sent = now_s;
-        return;
+/* UDP: every slot has its own payload buffer, so that the datagrams queued
+ * while one batch of replies is read go out in one sendmmsg(), and the
+ * replies are read with recvmmsg(): one syscall per batch keeps the client
+ * well above what a server on the other core can answer. */
+#define UDP_BATCH 64
+#define UDP_RBUF 65536 /* any datagram whole, so an oversized reply is seen as one */
+
+typedef struct udp_queue {
+    int ids[UDP_BATCH];
+    int n;
+} udp_queue_t;
+
+static void udp_flush(int fd, udp_slot_t *slots, udp_queue_t *q, char *outs) {
+    struct mmsghdr msgs[UDP_BATCH];
+    struct iovec iov[UDP_BATCH];
+    memset(msgs, 0, sizeof msgs);
+    for (int i = 0; i < q->n; i++) {
+        iov[i].iov_base = outs + (size_t)q->ids[i] * (size_t)opt.size;
+        iov[i].iov_len = (size_t)opt.size;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
     }
-    if (n < 0 && errno != EAGAIN && errno != ENOBUFS) ERROR("udp send: %s", strerror(errno));
+    int done = 0;
+    while (done < q->n) {
+        int k = sendmmsg(fd, msgs + done, (unsigned)(q->n - done), 0);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            if (k < 0 && errno != EAGAIN && errno != ENOBUFS) ERROR("udp send: %s", strerror(errno));
+            break;
+        }
+        for (int i = done; i < done + k; i++) {
+            udp_slot_t *s = &slots[q->ids[i]];
+            s->pending = 1;
+            s->need_send = 0;
+            s->t_sent = now_s;
+        }
+        done += k;
+    }
+    /* Not sent (full buffers): retried on the next turn of the loop. */
+    for (int i = done; i < q->n; i++) {
+        slots[q->ids[i]].pending = 0;
+        slots[q->ids[i]].need_send = 1;
+    }
+    q->n = 0;
+}
+
+/* Queue slot id's next datagram; the queue never holds a slot twice, as a
+ * slot is queued only when it has nothing pending. */
+static void udp_queue(int fd, udp_slot_t *slots, udp_queue_t *q, char *outs, int id) {
+    udp_slot_t *s = &slots[id];
+    s->seq++;
     s->pending = 0;
-    s->need_send = 1;
+    s->need_send = 0;
+    fill_line(outs + (size_t)id * (size_t)opt.size, (uint32_t)id, s->seq, opt.size);
+    q->ids[q->n++] = id;
+    if (q->n == UDP_BATCH) udp_flush(fd, slots, q, outs);
+}
+
+/* The slot a reply answers, or NULL (a late or unrecognised reply). */
+static udp_slot_t *udp_match(udp_slot_t *slots, const char *in, ssize_t r, int truncated, int *id_out) {
+    uint64_t id = 0, seq = 0;
+    udp_slot_t *s = NULL;
+    if (opt.any_reply) {
+        /* Without an echo the reply cannot name its request: credit the oldest one. */
+        for (int i = 0; i < opt.depth; i++)
+            if (slots[i].pending && (!s || slots[i].t_sent < s->t_sent)) { s = &slots[i]; id = (uint64_t)i; }
+        if (!s && measuring) st.late++;
+        *id_out = (int)id;
+        return s;
+    }
+    if (r < HEADER_LEN || parse_hex(in, 8, &id) < 0 || parse_hex(in + 9, 16, &seq) < 0 ||
+        id >= (uint64_t)opt.depth) {
+        MISMATCH("udp: unrecognised datagram of %zd bytes '%.40s'", r, in);
+        return NULL;
+    }
+    s = &slots[id];
+    if (seq < s->seq || (seq == s->seq && !s->pending)) {
+        if (measuring) st.late++;
+        return NULL;
+    }
+    char expect[opt.size];
+    fill_line(expect, (uint32_t)id, s->seq, opt.size);
+    if (truncated || seq != s->seq || r != opt.size || memcmp(in, expect, (size_t)r) != 0) {
+        MISMATCH("udp slot %llu seq %llu: got %zd bytes '%.40s'", (unsigned long long)id,
+                 (unsigned long long)s->seq, r, in);
+        return NULL;
+    }
+    *id_out = (int)id;
+    return s;
 }
 
 static int run_udp(void) {
@@ -517,12 +593,21 @@ static int run_udp(void) {
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
     epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
     udp_slot_t *slots = calloc((size_t)opt.depth, sizeof *slots);
-    char out[opt.size], in[65536], expect[opt.size];
+    char *outs = malloc((size_t)opt.depth * (size_t)opt.size);
+    char *ins = malloc((size_t)UDP_BATCH * UDP_RBUF);
+    struct mmsghdr rmsgs[UDP_BATCH];
+    struct iovec riov[UDP_BATCH];
+    udp_queue_t q = {.n = 0};
+    if (!slots || !outs || !ins) {
+        fprintf(stderr, "loadgen: out of memory\n");
+        return 2;
+    }
     double timeout = opt.udp_timeout_ms / 1000.0;
     double start = now(), warm_end = start + opt.warmup, end = warm_end + opt.duration;
     now_s = start;
     measure_start = warm_end;
-    for (int i = 0; i < opt.depth; i++) udp_send(fd, &slots[i], (uint32_t)i, out);
+    for (int i = 0; i < opt.depth; i++) udp_queue(fd, slots, &q, outs, i);
+    udp_flush(fd, slots, &q, outs);
     struct epoll_event evs[4];
     while ((now_s = now()) < end) {
         measuring = now_s >= warm_end;
@@ -530,52 +615,40 @@ static int run_udp(void) {
             udp_slot_t *s = &slots[i];
             if (s->pending && now_s - s->t_sent > timeout) {
                 if (measuring) st.lost++;
-                udp_send(fd, s, (uint32_t)i, out);
+                udp_queue(fd, slots, &q, outs, i);
             } else if (s->need_send) {
-                udp_send(fd, s, (uint32_t)i, out);
+                udp_queue(fd, slots, &q, outs, i);
             }
         }
+        udp_flush(fd, slots, &q, outs);
         int n = epoll_wait(epfd, evs, 4, 2);
         if (n < 0 && errno != EINTR) { ERROR("epoll_wait: %s", strerror(errno)); break; }
         if (n <= 0) continue;
         for (;;) {
-            ssize_t r = recv(fd, in, sizeof in, 0);
-            if (r < 0 && errno == EINTR) continue;
-            if (r < 0 && errno == EAGAIN) break;
+            memset(rmsgs, 0, sizeof rmsgs);
+            for (int i = 0; i < UDP_BATCH; i++) {
+                riov[i].iov_base = ins + (size_t)i * UDP_RBUF;
+                riov[i].iov_len = UDP_RBUF;
+                rmsgs[i].msg_hdr.msg_iov = &riov[i];
+                rmsgs[i].msg_hdr.msg_iovlen = 1;
+            }
+            int got = recvmmsg(fd, rmsgs, UDP_BATCH, MSG_DONTWAIT, NULL);
+            if (got < 0 && errno == EINTR) continue;
+            if (got < 0 && errno == EAGAIN) break;
+            if (got < 0) { ERROR("udp recv: %s", strerror(errno)); break; }
             now_s = now();
             measuring = now_s >= warm_end && now_s < end;
-            if (r < 0) { ERROR("udp recv: %s", strerror(errno)); break; }
-            uint64_t id = 0, seq = 0;
-            udp_slot_t *s = NULL;
-            if (opt.any_reply) {
-                /* Without an echo the reply cannot name its request: credit the oldest one. */
-                for (int i = 0; i < opt.depth; i++)
-                    if (slots[i].pending && (!s || slots[i].t_sent < s->t_sent)) { s = &slots[i]; id = (uint64_t)i; }
-                if (!s) {
-                    if (measuring) st.late++;
-                    continue;
-                }
-            } else {
-                if (r < HEADER_LEN || parse_hex(in, 8, &id) < 0 || parse_hex(in + 9, 16, &seq) < 0 ||
-                    id >= (uint64_t)opt.depth) {
-                    MISMATCH("udp: unrecognised datagram of %zd bytes '%.40s'", r, in);
-                    continue;
-                }
-                s = &slots[id];
-                if (seq < s->seq || (seq == s->seq && !s->pending)) {
-                    if (measuring) st.late++;
-                    continue;
-                }
-                fill_line(expect, (uint32_t)id, s->seq, opt.size);
-                if (seq != s->seq || r != opt.size || memcmp(in, expect, (size_t)r) != 0) {
-                    MISMATCH("udp slot %llu seq %llu: got %zd bytes '%.40s'", (unsigned long long)id,
-                             (unsigned long long)s->seq, r, in);
-                    continue;
-                }
+            for (int i = 0; i < got; i++) {
+                const char *in = ins + (size_t)i * UDP_RBUF;
+                ssize_t r = (ssize_t)rmsgs[i].msg_len;
+                int id;
+                udp_slot_t *s = udp_match(slots, in, r, rmsgs[i].msg_hdr.msg_flags & MSG_TRUNC, &id);
+                if (!s) continue;
+                record_latency(now_s - s->t_sent);
+                if (measuring) { st.count++; st.bytes += (uint64_t)r; }
+                udp_queue(fd, slots, &q, outs, id);
             }
-            record_latency(now_s - s->t_sent);
-            if (measuring) { st.count++; st.bytes += (uint64_t)r; }
-            udp_send(fd, s, (uint32_t)id, out);
+            udp_flush(fd, slots, &q, outs);
         }
     }
     measure_end = now_s;
@@ -583,6 +656,7 @@ static int run_udp(void) {
      * it is told to stop (a handler thread replying on a socket that is being
      * closed would print a traceback that is the harness's fault). */
     double deadline = now() + 0.5;
+    char in[UDP_RBUF];
     for (;;) {
         int pending = 0;
         for (int i = 0; i < opt.depth; i++) pending += slots[i].pending;
@@ -596,6 +670,9 @@ static int run_udp(void) {
         }
     }
     close(fd);
+    free(ins);
+    free(outs);
+    free(slots);
     return 0;
 }
 

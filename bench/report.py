@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Iterable
 
-METRICS = ("rate", "p50_us", "p99_us", "rss_kb")
+METRICS = ("rate", "p50_us", "p99_us", "rss_kb", "shutdown_ms")
 NOTE_COUNTERS = ("errors", "mismatches", "lost", "late", "server_errors")
 # Above this many CPUs' worth of work by other processes during a run, say so:
 # below it is mostly /proc/stat's 10 ms granularity.
@@ -58,6 +58,13 @@ def _spread(metric: dict[str, float] | None, unit: str = "", reps: int = 1) -> s
     return text
 
 
+def _shutdown(metric: dict[str, float] | None) -> str:
+    """Median and worst time for server.shutdown() to return after the run."""
+    if not metric:
+        return "-"
+    return f"{metric['median']:.2f} (max {metric['max']:.2f})"
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -92,7 +99,7 @@ def table_cells(workload: dict[str, Any], reps: int) -> tuple[list[str], list[li
     latency = workload["has_latency"]
     if latency:
         header += ["p50 us", "p99 us"]
-    header += ["peak RSS MiB", "notes"]
+    header += ["peak RSS MiB", "shutdown ms", "notes"]
     body = []
     for impl, row in workload["rows"].items():
         if row["status"] in ("unavailable", "failed") and not row.get("runs"):
@@ -105,7 +112,7 @@ def table_cells(workload: dict[str, Any], reps: int) -> tuple[list[str], list[li
         cells = [impl, _spread(s.get("rate"), unit, reps), _ratio(row.get("vs_stdlib")), _ratio(row.get("vs_c_reference"))]
         if latency:
             cells += [_spread(s.get("p50_us"), reps=reps), _spread(s.get("p99_us"), reps=reps)]
-        cells += [f"{rss_mib['median']:.1f}" if rss_mib else "-", _notes(row)]
+        cells += [f"{rss_mib['median']:.1f}" if rss_mib else "-", _shutdown(s.get("shutdown_ms")), _notes(row)]
         body.append(cells)
     return header, body
 

@@ -97,6 +97,7 @@ class Server:
             start_new_session=True,
         )
         self.exit_note = ""
+        self.shutdown_ms: float | None = None
 
     def wait_ready(self) -> str:
         """Returns the READY line's payload; raises Unavailable or ServerFailed."""
@@ -141,6 +142,7 @@ class Server:
         except (ProcessLookupError, PermissionError):
             pass
         if self.proc.stdout:
+            self.shutdown_ms = shutdown_ms(self.proc.stdout.read().decode(errors="replace"))
             self.proc.stdout.close()
         self._stderr.close()
 
@@ -149,6 +151,14 @@ class Server:
             return self.stderr_path.read_text(errors="replace")
         except OSError:
             return ""
+
+
+def shutdown_ms(stdout_rest: str) -> float | None:
+    """The server's ``SHUTDOWN <ms>`` line: how long shutdown() took to return."""
+    for line in stdout_rest.splitlines():
+        if line.startswith("SHUTDOWN "):
+            return float(line.split()[1])
+    return None
 
 
 def server_argv(w: Workload, impl: str, cfg: RunConfig, unix_path: str, profile: Path | None) -> list[str]:
@@ -279,6 +289,7 @@ def run_once(w: Workload, impl: str, cfg: RunConfig, profile: Path | None = None
         result.update(
             backend=backend,
             rss_kb=rss,
+            shutdown_ms=server.shutdown_ms,
             foreign_cpus=round(foreign_cpus, 2),
             server_exit=server.exit_note or "clean",
             server_errors=count_server_errors(stderr),

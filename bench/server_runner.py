@@ -1,10 +1,10 @@
 """One benchmark server process: ``python -m bench.server_runner --impl pure ...``.
 
-Protocol with the parent (bench.runner): exactly one line on stdout, either
+Protocol with the parent (bench.runner): a first line on stdout, either
 ``READY <backend> <family> <address...>`` once the socket is listening, or
 ``UNAVAILABLE <reason>`` (exit status 3).  SIGTERM shuts the server down
-through ``server.shutdown()``, writes the profile if one was asked for and
-exits 0.
+through ``server.shutdown()``, prints ``SHUTDOWN <ms>`` (how long that call
+took to return), writes the profile if one was asked for and exits 0.
 """
 from __future__ import annotations
 
@@ -187,10 +187,19 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"server_runner: {module.__name__} has no class {args.server!r}")
     server, where = make_server(bench_server_class(base, args.family), handler, args)
 
+    stoppers: list[threading.Thread] = []
+
+    def timed_shutdown() -> None:
+        start = time.perf_counter()
+        server.shutdown()
+        say(f"SHUTDOWN {(time.perf_counter() - start) * 1000:.3f}")
+
     def request_shutdown(signum: int, frame: Any) -> None:
         # shutdown() waits for serve_forever() to return, and serve_forever
         # runs in this (the main) thread, so it must be called from another.
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        stopper = threading.Thread(target=timed_shutdown, daemon=True)
+        stoppers.append(stopper)
+        stopper.start()
 
     signal.signal(signal.SIGTERM, request_shutdown)
     signal.signal(signal.SIGINT, request_shutdown)
@@ -200,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         profiles.start()
     try:
         server.serve_forever(poll_interval=args.poll_interval)
+        for stopper in stoppers:
+            stopper.join(CLOSE_TIMEOUT)  # its SHUTDOWN line must precede the exit
     finally:
         # server_close() may join handler threads; one stuck on a client must
         # not cost us the profile, so it gets a bounded wait in a thread.
