@@ -112,8 +112,11 @@ class WorkerThreads:
                 with self._lock:
                     if spare:
                         self._spare[daemon] -= 1
-                        spare = False
-                    job = jobs.popleft() if jobs else None
+                    # With no idle time, a thread serves one request only:
+                    # socketserver's thread per request.
+                    reuse = spare or self.idle_timeout > 0
+                    spare = False
+                    job = jobs.popleft() if jobs and reuse else None
                     if job is None:
                         if self._closed or self.idle_timeout <= 0:
                             return

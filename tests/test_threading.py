@@ -194,6 +194,29 @@ def test_short_requests_in_a_burst_share_a_few_threads(impl: Impl) -> None:
     assert 1 <= peak <= 16
 
 
+def test_thread_idle_timeout_zero_serves_a_burst_a_thread_each(
+        impl: Impl) -> None:
+    ss = impl.ss
+    threads: List[threading.Thread] = []
+
+    class Record(ss.DatagramRequestHandler):  # type: ignore[name-defined,misc]
+        def handle(self) -> None:
+            threads.append(threading.current_thread())
+            self.wfile.write(self.rfile.read())
+
+    class Server(ss.ThreadingUDPServer):  # type: ignore[name-defined,misc]
+        thread_idle_timeout = 0
+
+    with serving(Server((HOST, 0), Record)) as server, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        for i in range(20):
+            client.sendto(b"%d" % i, server.server_address)
+        assert sorted(int(client.recvfrom(100)[0]) for _ in range(20)) == \
+            list(range(20))
+    assert len(threads) == 20 and len(set(threads)) == 20
+
+
 def test_idle_threads_are_reused(impl: Impl) -> None:
     threads = thread_of_each_request(impl.ss, impl.ss.ThreadingTCPServer, 5)
     assert len(set(threads)) == 1
