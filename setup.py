@@ -9,6 +9,10 @@ installed). Switches, all environment variables:
   (-UNDEBUG) and -O0 -g.
 - FASTSERVER_ASAN=1: AddressSanitizer (-fsanitize=address); run the tests with
   LD_PRELOAD=$(gcc -print-file-name=libasan.so).
+- FASTSERVER_PORTABLE=1: defines FS_PORTABLE, so csrc/compat.h takes its
+  POSIX fallbacks (accept() + FD_CLOEXEC, a recvmsg()/sendmsg() loop, a pipe
+  waker) instead of accept4/recvmmsg/sendmmsg/eventfd, and hides those Linux
+  names: the macOS/BSD code paths, built and tested on Linux.
 
 A missing Cython (with no generated C) or a failing compiler stops the build
 with a message naming FASTSERVER_NO_EXTENSIONS=1: there is no silent fallback.
@@ -60,6 +64,7 @@ def _extensions() -> list:
 
     debug = _flag("FASTSERVER_DEBUG")
     asan = _flag("FASTSERVER_ASAN")
+    portable = _flag("FASTSERVER_PORTABLE")
     macros = []
     cflags = ["-Wall", "-Wextra", "-Wno-unused-parameter",
               "-Wno-missing-field-initializers"]
@@ -81,6 +86,8 @@ def _extensions() -> list:
     if asan:
         cflags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         ldflags += ["-fsanitize=address"]
+    if portable:
+        macros.append(("FS_PORTABLE", "1"))
 
     pyx = os.path.join("fastserver", "_core.pyx")
     generated = os.path.join("fastserver", "_core.c")

@@ -1,36 +1,54 @@
 /* fastserver platform shims: nothing here knows about Python.
  *
- * Every function has the same contract as the Linux syscall it stands in for
- * (return value and errno), so the Cython core calls them without #ifdefs:
+ * Every function has the same contract as the Linux call it stands in for
+ * (return value and errno), so the Cython core calls them without #ifdefs.
+ * On Linux they are the Linux calls. Elsewhere (macOS, the BSDs), and on
+ * Linux when FS_PORTABLE is defined (setup.py's FASTSERVER_PORTABLE=1, the
+ * way these fallbacks are built and tested on Linux), they are POSIX:
  *
- *   fs_accept4(fd, addr, len, cloexec)   accept4(..., SOCK_CLOEXEC) or
+ *   fs_accept_cloexec(fd, addr, len)     accept4(..., SOCK_CLOEXEC); else
  *                                        accept() + FD_CLOEXEC
- *   fs_recvmmsg(fd, vec, vlen, flags)    recvmmsg(); elsewhere a recvmsg()
- *                                        loop honouring FS_MSG_WAITFORONE
- *   fs_sendmmsg(fd, vec, vlen, flags)    sendmmsg(); elsewhere a sendmsg() loop
- *   fs_waker_open(int fds[2])            eventfd (fds[0] == fds[1]) or a
+ *   fs_recvmmsg(fd, vec, vlen, flags)    recvmmsg(); else a recvmsg() loop
+ *                                        honouring FS_MSG_WAITFORONE
+ *   fs_sendmmsg(fd, vec, vlen, flags)    sendmmsg(); else a sendmsg() loop
+ *   fs_waker_open(int fds[2])            eventfd (fds[0] == fds[1]); else a
  *                                        non-blocking, close-on-exec pipe
  *   fs_waker_signal(fd) / fs_waker_drain(fd)
  *   fs_monotonic_ns()                    CLOCK_MONOTONIC, as time.monotonic()
  *   FS_IS_EAGAIN(e)                      EAGAIN or EWOULDBLOCK
+ *
+ * Besides these, the core (fastserver/includes/system.pxd) uses POSIX names
+ * only, plus one BSD-sockets extension that every target has: MSG_DONTWAIT
+ * (Linux, macOS, FreeBSD, NetBSD, OpenBSD, DragonFly, illumos). It never
+ * uses MSG_NOSIGNAL (not on macOS): CPython ignores SIGPIPE, and the core
+ * sends as socketmodule.c does.
+ *
+ * Under FS_PORTABLE the Linux-only names are poisoned at the end of this
+ * file, so that any use of them in the core, past these shims, fails to
+ * compile on Linux as it would on macOS.
  */
 #ifndef FASTSERVER_COMPAT_H
 #define FASTSERVER_COMPAT_H
 
-#if defined(__linux__) && !defined(_GNU_SOURCE)
+/* (Python.h, included first, defines _GNU_SOURCE on Linux anyway: the
+ * poisoning below is what hides the Linux names under FS_PORTABLE.) */
+#if defined(__linux__) && !defined(FS_PORTABLE) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE 1
 #endif
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
-#if defined(__linux__)
+#if defined(__linux__) && !defined(FS_PORTABLE)
 #define FS_HAVE_ACCEPT4 1
 #define FS_HAVE_MMSG 1
 #define FS_HAVE_EVENTFD 1
@@ -41,10 +59,16 @@
 #define FS_HAVE_EVENTFD 0
 #endif
 
+#ifndef MSG_DONTWAIT
+#error "fastserver needs MSG_DONTWAIT (a BSD sockets extension every supported system has)"
+#endif
+
 #if FS_HAVE_MMSG
 #define FS_MSG_WAITFORONE MSG_WAITFORONE
 typedef struct mmsghdr fs_mmsghdr;
 #else
+/* Only ever passed to fs_recvmmsg, which takes it out of the flags before
+ * calling recvmsg(); Linux's value, not a flag of any recvmsg() we call. */
 #define FS_MSG_WAITFORONE 0x10000
 typedef struct {
     struct msghdr msg_hdr;
@@ -174,5 +198,39 @@ static inline int64_t fs_monotonic_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+#if defined(FS_PORTABLE)
+/* Hide what macOS or the BSDs lack, now that the shims above are defined
+ * and the headers that declare these names are in: a later use of any of
+ * them is a compile error. The #undef first: poisoning a defined macro only
+ * warns. (A macro that other headers define in terms of one of these, and
+ * that was defined before this point, would still expand; none does.) */
+#undef SOCK_CLOEXEC
+#undef SOCK_NONBLOCK
+#undef MSG_WAITFORONE
+#undef MSG_NOSIGNAL
+#undef MSG_MORE
+#undef MSG_CONFIRM
+#undef MSG_FASTOPEN
+#undef MSG_ZEROCOPY
+#undef MSG_CMSG_CLOEXEC
+#undef MSG_ERRQUEUE
+#undef POLLRDHUP
+#undef AF_NETLINK
+#undef AF_PACKET
+#undef SO_PEERCRED
+#undef TCP_CORK
+#undef TCP_QUICKACK
+#undef TCP_DEFER_ACCEPT
+#undef TCP_USER_TIMEOUT
+#pragma GCC poison accept4 recvmmsg sendmmsg mmsghdr pipe2 dup3
+#pragma GCC poison eventfd eventfd_read eventfd_write
+#pragma GCC poison epoll_create epoll_create1 epoll_ctl epoll_wait
+#pragma GCC poison SOCK_CLOEXEC SOCK_NONBLOCK MSG_WAITFORONE MSG_NOSIGNAL
+#pragma GCC poison MSG_MORE MSG_CONFIRM MSG_FASTOPEN MSG_ZEROCOPY
+#pragma GCC poison MSG_CMSG_CLOEXEC MSG_ERRQUEUE POLLRDHUP
+#pragma GCC poison AF_NETLINK AF_PACKET SO_PEERCRED
+#pragma GCC poison TCP_CORK TCP_QUICKACK TCP_DEFER_ACCEPT TCP_USER_TIMEOUT
+#endif
 
 #endif /* FASTSERVER_COMPAT_H */
