@@ -114,6 +114,34 @@ static inline int fs_accept_cloexec(int fd, struct sockaddr *addr, socklen_t *le
     return cfd;
 }
 
+#if !FS_HAVE_MMSG
+/* The error that fs_recvmmsg's fallback took off a socket after it had
+ * already received datagrams, kept for the next fs_recvmmsg() on that
+ * descriptor: fd << 32 | errno, 0 when there is none. One slot for the
+ * module: a second deferral, on another descriptor, before the first is
+ * collected replaces it; and a descriptor closed and reused in between
+ * inherits it. Both need an error mid-batch, which is rare already. */
+static uint64_t fs_recvmmsg_deferred;
+
+static inline uint64_t fs_deferred_pack(int fd, int err)
+{
+    return ((uint64_t)(uint32_t)fd << 32) | (uint32_t)err;
+}
+#endif
+
+/* recvmmsg(fd, vec, vlen, flags, NULL).
+ *
+ * The fallback receives one datagram per recvmsg(). With FS_MSG_WAITFORONE
+ * only the first one may block (the others are taken with MSG_DONTWAIT), as
+ * on Linux. An error after the first datagram ends the batch, which is
+ * returned; the error itself is reported by the next call on the same
+ * descriptor, as Linux does (it puts the error back on the socket). The
+ * fallback cannot put it back: recvmsg() has consumed it (on macOS and the
+ * BSDs a pending ICMP error on a connected socket is reported once the
+ * queue is empty, i.e. exactly where a batch ends), so it keeps it in
+ * fs_recvmmsg_deferred. EAGAIN is the normal end of a batch and EINTR a
+ * retry, not errors to report. Unlike Linux, SO_ERROR does not see a
+ * deferred error. */
 static inline int fs_recvmmsg(int fd, fs_mmsghdr *vec, unsigned int vlen, int flags)
 {
 #if FS_HAVE_MMSG
@@ -121,13 +149,24 @@ static inline int fs_recvmmsg(int fd, fs_mmsghdr *vec, unsigned int vlen, int fl
 #else
     unsigned int i;
     int waitforone = flags & FS_MSG_WAITFORONE;
+    uint64_t deferred = __atomic_load_n(&fs_recvmmsg_deferred, __ATOMIC_ACQUIRE);
+    if (deferred != 0 && (int)(deferred >> 32) == fd &&
+            __atomic_compare_exchange_n(&fs_recvmmsg_deferred, &deferred, 0, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        errno = (int)(uint32_t)deferred;
+        return -1;
+    }
     flags &= ~FS_MSG_WAITFORONE;
     for (i = 0; i < vlen; i++) {
         ssize_t n = recvmsg(fd, &vec[i].msg_hdr, flags);
         if (n < 0) {
-            if (i > 0)
-                return (int)i;      /* errno is reported by the next call */
-            return -1;
+            int err = errno;
+            if (i == 0)
+                return -1;
+            if (!FS_IS_EAGAIN(err) && err != EINTR)
+                __atomic_store_n(&fs_recvmmsg_deferred,
+                                 fs_deferred_pack(fd, err), __ATOMIC_RELEASE);
+            return (int)i;
         }
         vec[i].msg_len = (unsigned int)n;
         if (waitforone)
