@@ -7,7 +7,8 @@
  * way these fallbacks are built and tested on Linux), they are POSIX:
  *
  *   fs_accept_cloexec(fd, addr, len)     accept4(..., SOCK_CLOEXEC); else
- *                                        accept() + FD_CLOEXEC
+ *                                        accept() + FD_CLOEXEC (a fork race:
+ *                                        see the function)
  *   fs_recvmmsg(fd, vec, vlen, flags)    recvmmsg(); else a recvmsg() loop
  *                                        honouring FS_MSG_WAITFORONE
  *   fs_sendmmsg(fd, vec, vlen, flags)    sendmmsg(); else a sendmsg() loop
@@ -95,7 +96,15 @@ static inline int fs_set_nonblock(int fd)
     return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
-/* accept() whose new descriptor is close-on-exec (non-inheritable). */
+/* accept() whose new descriptor is close-on-exec (non-inheritable).
+ *
+ * The fallback (accept(), then FD_CLOEXEC) leaves a window between the two
+ * calls: if another thread forks and execs in it, the child inherits the
+ * connection. CPython's own socket.accept() has the same window where it has
+ * no accept4() (macOS). The fallback also keeps what the system's accept()
+ * does with file status flags: on macOS and the BSDs the new descriptor
+ * inherits O_NONBLOCK from the listening one (Linux's never does); the
+ * caller handles that as socket.accept() does. */
 static inline int fs_accept_cloexec(int fd, struct sockaddr *addr, socklen_t *len)
 {
     int cfd;
@@ -176,6 +185,9 @@ static inline int fs_recvmmsg(int fd, fs_mmsghdr *vec, unsigned int vlen, int fl
 #endif
 }
 
+/* sendmmsg(fd, vec, vlen, flags). As on Linux, an error after the first
+ * message ends the batch and is not reported: the caller resends from the
+ * first message not sent, and that send reports it. */
 static inline int fs_sendmmsg(int fd, fs_mmsghdr *vec, unsigned int vlen, int flags)
 {
 #if FS_HAVE_MMSG
@@ -193,37 +205,51 @@ static inline int fs_sendmmsg(int fd, fs_mmsghdr *vec, unsigned int vlen, int fl
 }
 
 /* A wake-up descriptor pair: fds[0] is polled for POLLIN, fds[1] signalled.
- * Both are non-blocking and close-on-exec; with eventfd they are equal. */
+ * Both are non-blocking and close-on-exec; with eventfd they are equal.
+ *
+ * The pipe fallback sets FD_CLOEXEC after pipe() (macOS has no pipe2()),
+ * with the same fork window as fs_accept_cloexec. On failure errno is
+ * pipe()'s or fcntl()'s, no descriptor is left open, and both fds are -1. */
 static inline int fs_waker_open(int fds[2])
 {
+    int p[2];
 #if FS_HAVE_EVENTFD
-    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    int efd;
+#endif
+    fds[0] = fds[1] = -1;
+#if FS_HAVE_EVENTFD
+    efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (efd >= 0) {
         fds[0] = fds[1] = efd;
         return 0;
     }
 #endif
-    if (pipe(fds) < 0)
+    if (pipe(p) < 0)
         return -1;
-    if (fs_set_nonblock(fds[0]) < 0 || fs_set_nonblock(fds[1]) < 0 ||
-            fs_set_cloexec(fds[0]) < 0 || fs_set_cloexec(fds[1]) < 0) {
+    if (fs_set_cloexec(p[0]) < 0 || fs_set_cloexec(p[1]) < 0 ||
+            fs_set_nonblock(p[0]) < 0 || fs_set_nonblock(p[1]) < 0) {
         int saved = errno;
-        close(fds[0]);
-        close(fds[1]);
+        close(p[0]);
+        close(p[1]);
         errno = saved;
         return -1;
     }
+    fds[0] = p[0];
+    fds[1] = p[1];
     return 0;
 }
 
-/* Never blocks; EAGAIN means a wake-up is already pending. */
+/* Never blocks; EAGAIN means a wake-up is already pending (a full pipe, or
+ * an eventfd counter at its maximum). Eight bytes: an eventfd takes no
+ * fewer, and a pipe writes them atomically (PIPE_BUF >= 512). */
 static inline int fs_waker_signal(int fd)
 {
-    uint64_t one = 1;   /* eventfd needs 8 bytes; a pipe takes them too */
+    uint64_t one = 1;
     ssize_t n = write(fd, &one, sizeof(one));
     return n < 0 ? -1 : 0;
 }
 
+/* Takes every pending wake-up: an eventfd in one read, a pipe until EAGAIN. */
 static inline void fs_waker_drain(int fd)
 {
     char buf[64];
