@@ -17,6 +17,8 @@
  *   fs_waker_signal(fd) / fs_waker_drain(fd)
  *   fs_monotonic_ns()                    CLOCK_MONOTONIC, as time.monotonic()
  *   FS_IS_EAGAIN(e)                      EAGAIN or EWOULDBLOCK
+ *   FS_HAVE_ABSTRACT_UNIX                1 where the kernel has the AF_UNIX
+ *                                        abstract namespace (Linux): see below
  *
  * Besides these, the core (fastserver/includes/system.pxd) uses POSIX names
  * only, plus one BSD-sockets extension that every target has: MSG_DONTWAIT
@@ -58,6 +60,17 @@
 #define FS_HAVE_ACCEPT4 0
 #define FS_HAVE_MMSG 0
 #define FS_HAVE_EVENTFD 0
+#endif
+
+/* A property of the kernel, not a call with a fallback, so FS_PORTABLE
+ * leaves it alone: on Linux a peer address whose sun_path starts with a NUL
+ * is an abstract name (socketmodule.c returns it as bytes). Elsewhere an
+ * unbound peer comes back as a zero-filled sun_path of non-zero length (the
+ * BSDs' "sun_noname"), which socketmodule.c formats as "". */
+#if defined(__linux__)
+#define FS_HAVE_ABSTRACT_UNIX 1
+#else
+#define FS_HAVE_ABSTRACT_UNIX 0
 #endif
 
 #ifndef MSG_DONTWAIT

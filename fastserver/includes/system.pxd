@@ -1,7 +1,17 @@
 # Every POSIX declaration the Cython core uses, grouped by header.
 #
 # Only the struct fields the core reads or writes are listed. Platform
-# differences live in csrc/compat.h, never here.
+# differences live in csrc/compat.h, never here: every name below is POSIX,
+# except MSG_DONTWAIT (a BSD sockets extension that Linux, macOS and the BSDs
+# all have). A Linux-only call or constant (accept4, recvmmsg, eventfd,
+# SOCK_CLOEXEC, MSG_NOSIGNAL, POLLRDHUP, ...) goes through compat.h, with a
+# fallback; a build with FASTSERVER_PORTABLE=1 poisons those names, so a use
+# of one here or in _cy/*.pxi fails to compile.
+#
+# Types and field types are declared close enough for Cython, which emits the
+# C names: the C headers decide (sa_family_t is 8 bits on the BSDs, where
+# sockaddr also has an sa_len first; msg_iovlen is an int there; nfds_t an
+# unsigned int on macOS).
 
 from libc.stdint cimport int64_t, uint16_t, uint32_t
 
@@ -114,7 +124,8 @@ cdef extern from "<arpa/inet.h>" nogil:
 cdef extern from "<sys/un.h>" nogil:
     struct sockaddr_un:
         sa_family_t sun_family
-        char sun_path[108]
+        char sun_path[108]      # 104 on macOS and the BSDs: only ever read
+                                # through a pointer, within the address length
 
 
 cdef extern from "compat.h" nogil:
@@ -124,6 +135,7 @@ cdef extern from "compat.h" nogil:
     enum:
         FS_HAVE_MMSG
         FS_MSG_WAITFORONE
+        FS_HAVE_ABSTRACT_UNIX   # the kernel has AF_UNIX abstract names (Linux)
     bint FS_IS_EAGAIN(int err)
     int fs_accept_cloexec(int fd, sockaddr *addr, socklen_t *len)
     int fs_recvmmsg(int fd, fs_mmsghdr *vec, unsigned int vlen, int flags)
