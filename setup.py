@@ -91,7 +91,9 @@ def _extensions() -> list:
 
     pyx = os.path.join("fastserver", "_core.pyx")
     generated = os.path.join("fastserver", "_core.c")
-    common = dict(include_dirs=["csrc"], define_macros=macros,
+    # Cython does not track the C header: listed here, a change to it
+    # rebuilds the extension.
+    common = dict(include_dirs=["csrc"], depends=["csrc/compat.h"], define_macros=macros,
                   extra_compile_args=cflags, extra_link_args=ldflags)
     try:
         from Cython.Build import cythonize

@@ -312,7 +312,7 @@ cdef object _make_address(sockaddr *sa, socklen_t addrlen):
     if sa.sa_family == AF_UNIX:
         sun = <sockaddr_un *>sa
         path_len = <Py_ssize_t>addrlen - (<char *>&sun.sun_path[0] - <char *>sa)
-        if path_len > 0 and sun.sun_path[0] == 0:
+        if FS_HAVE_ABSTRACT_UNIX and path_len > 0 and sun.sun_path[0] == 0:
             # Linux's abstract namespace: bytes, leading NUL included.
             return PyBytes_FromStringAndSize(sun.sun_path, path_len)
         if path_len <= 0:
