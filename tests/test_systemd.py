@@ -46,7 +46,7 @@ def passed_env(env: Dict[str, str]) -> List[str]:
     options that pass on what selects the checkout and the backend, and the
     sanitizer runtime of an ASan build (.ci/sanitize)."""
     names = [n for n in ("PYTHONPATH", "FASTSERVER_NO_EXTENSIONS", "LD_PRELOAD",
-                         "ASAN_OPTIONS", "PYTHONMALLOC") if n in env]
+                         "ASAN_OPTIONS", "LSAN_OPTIONS", "PYTHONMALLOC") if n in env]
     return [arg for n in names for arg in ("-E", n)]
 
 
