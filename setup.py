@@ -7,8 +7,8 @@ installed). Switches, all environment variables:
 - FASTSERVER_NO_EXTENSIONS=1: build no extension; fastserver runs pure.
 - FASTSERVER_DEBUG=1: line tracing, an annotated HTML listing, C asserts
   (-UNDEBUG) and -O0 -g.
-- FASTSERVER_ASAN=1: AddressSanitizer (-fsanitize=address); run the tests with
-  LD_PRELOAD=$(gcc -print-file-name=libasan.so).
+- FASTSERVER_ASAN=1: AddressSanitizer (-fsanitize=address, with debug info);
+  run the tests with LD_PRELOAD=$(gcc -print-file-name=libasan.so).
 - FASTSERVER_PORTABLE=1: defines FS_PORTABLE, so csrc/compat.h takes its
   POSIX fallbacks (accept() + FD_CLOEXEC, a recvmsg()/sendmsg() loop, a pipe
   waker) instead of accept4/recvmmsg/sendmmsg/eventfd, and hides those Linux
@@ -76,8 +76,9 @@ def _extensions() -> list:
         # design) and ServeLoop's waker hand-off rely on it; see _core.pxd.
         "freethreading_compatible": False,
     }
-    if not debug:
+    if not debug and not asan:
         # CPython's CFLAGS carry -g; a release wheel needs no debug info.
+        # (An ASan build keeps it: its reports then name file and line.)
         cflags.append("-g0")
     if debug:
         directives.update(linetrace=True, profile=False)
