@@ -127,7 +127,21 @@ def test_threads_are_reaped(ref_impl: Impl) -> None:
         server.server_close()
 
 
-def test_concurrency_is_unbounded(ref_impl: Impl) -> None:
+def udp_burst(server: Any, client: socket.socket, count: int,
+              before_replies: Any = None) -> None:
+    """Send count numbered datagrams at once; each must be answered."""
+    for i in range(count):
+        client.sendto(b"%d" % i, server.server_address)
+    if before_replies is not None:
+        before_replies()
+    replies = sorted(int(client.recvfrom(100)[0]) for _ in range(count))
+    assert replies == list(range(count))
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp burst"])
+def test_concurrency_is_unbounded(ref_impl: Impl, transport: str) -> None:
+    # Datagrams arrive together and are queued together: each still gets
+    # a thread of its own while the others block, as each connection does.
     ss = ref_impl.ss
     count = 20
     barrier = threading.Barrier(count + 1, timeout=10)
@@ -135,40 +149,26 @@ def test_concurrency_is_unbounded(ref_impl: Impl) -> None:
     class Meet(ss.BaseRequestHandler):  # type: ignore[name-defined,misc]
         def handle(self) -> None:
             barrier.wait()
+            if transport == "udp burst":
+                data, sock = self.request
+                sock.sendto(data, self.client_address)
 
-    class Server(ss.ThreadingTCPServer):  # type: ignore[name-defined,misc]
-        request_queue_size = 64  # no SYN drops and retransmit delays
+    if transport == "tcp":
+        class Server(ss.ThreadingTCPServer):  # type: ignore[name-defined,misc]
+            request_queue_size = 64  # no SYN drops and retransmit delays
 
-    with serving(Server((HOST, 0), Meet)) as server:
-        clients = [connect(server) for _ in range(count)]
-        try:
-            barrier.wait()  # all 20 handlers run at the same time
-        finally:
-            for client in clients:
-                client.close()
-
-
-def test_a_burst_of_requests_never_waits_for_a_blocked_handler(
-        ref_impl: Impl) -> None:
-    # Datagrams arrive together and are queued together: each still gets
-    # a thread of its own while the others block.
-    ss = ref_impl.ss
-    count = 20
-    barrier = threading.Barrier(count + 1, timeout=10)
-
-    class Meet(ss.DatagramRequestHandler):  # type: ignore[name-defined,misc]
-        def handle(self) -> None:
-            barrier.wait()
-            self.wfile.write(self.rfile.read())
-
+        with serving(Server((HOST, 0), Meet)) as server:
+            clients = [connect(server) for _ in range(count)]
+            try:
+                barrier.wait()  # all 20 handlers run at the same time
+            finally:
+                for client in clients:
+                    client.close()
+        return
     with serving(ss.ThreadingUDPServer((HOST, 0), Meet)) as server, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.settimeout(10)
-        for i in range(count):
-            client.sendto(b"%d" % i, server.server_address)
-        barrier.wait()  # all 20 handlers run at the same time
-        replies = sorted(int(client.recvfrom(100)[0]) for _ in range(count))
-        assert replies == list(range(count))
+        udp_burst(server, client, count, before_replies=barrier.wait)
 
 
 def test_short_requests_in_a_burst_share_a_few_threads(impl: Impl) -> None:
@@ -186,10 +186,7 @@ def test_short_requests_in_a_burst_share_a_few_threads(impl: Impl) -> None:
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.settimeout(10)
         for _ in range(20):
-            for i in range(64):
-                client.sendto(b"%d" % i, server.server_address)
-            replies = sorted(int(client.recvfrom(100)[0]) for _ in range(64))
-            assert replies == list(range(64))
+            udp_burst(server, client, 64)
             peak = max(peak, len(server._threads))
     assert 1 <= peak <= 16
 
@@ -210,10 +207,7 @@ def test_thread_idle_timeout_zero_serves_a_burst_a_thread_each(
     with serving(Server((HOST, 0), Record)) as server, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.settimeout(10)
-        for i in range(20):
-            client.sendto(b"%d" % i, server.server_address)
-        assert sorted(int(client.recvfrom(100)[0]) for _ in range(20)) == \
-            list(range(20))
+        udp_burst(server, client, 20)
     assert len(threads) == 20 and len(set(threads)) == 20
 
 
