@@ -66,17 +66,17 @@ class WorkerThreads:
                daemon: bool, idle_timeout: float) -> None:
         """Run fn(*args) in an idle thread, or in a new one."""
         self.idle_timeout = idle_timeout
-        job = (fn, args)
         with self._lock:
-            self._jobs[daemon].append(job)
+            self._jobs[daemon].append((fn, args))
             if self._spare[daemon]:
                 return
             try:
                 self._add_spare(daemon)
             except BaseException:
                 # No thread for it: the caller handles the error, as
-                # socketserver's process_request would, so the job goes.
-                self._jobs[daemon].remove(job)
+                # socketserver's process_request would, so the job goes. It
+                # is still the last one: the lock has been held throughout.
+                self._jobs[daemon].pop()
                 raise
 
     def _add_spare(self, daemon: bool) -> None:

@@ -4,6 +4,7 @@ fastserver's reuse of idle handler threads."""
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from typing import Any, List
@@ -286,3 +287,41 @@ def test_system_exit_in_handler_reaches_excepthook(ref_impl: Impl) -> None:
     finally:
         threading.excepthook = old_hook
     assert seen == [SystemExit]
+
+
+def test_a_thread_that_cannot_start_fails_only_its_request(
+        ref_impl: Impl, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Out of threads: process_request raises, the request goes through
+    # handle_error and is closed, and the server goes on serving.
+    ss = ref_impl.ss
+    errors: List[Any] = []
+    real_start = threading.Thread.start
+    failures = [RuntimeError("can't start new thread")]
+
+    def start(thread: threading.Thread) -> None:
+        if failures:
+            raise failures.pop()
+        real_start(thread)
+
+    class Echo(ss.StreamRequestHandler):  # type: ignore[name-defined,misc]
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline())
+
+    class Server(ss.ThreadingTCPServer):  # type: ignore[name-defined,misc]
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            errors.append(sys.exc_info()[1])
+
+    server = Server((HOST, 0), Echo)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    try:
+        with connect(server) as refused:
+            server.handle_request()
+            assert refused.recv(10) == b""  # closed without a reply
+        with connect(server) as served:
+            served.sendall(b"again\n")
+            server.handle_request()
+            assert recv_until(served) == b"again\n"
+    finally:
+        monkeypatch.undo()
+        server.server_close()
+    assert [str(e) for e in errors] == ["can't start new thread"]
