@@ -141,7 +141,7 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        if self.proc.stdout:
+        if self.proc.stdout and not self.proc.stdout.closed:  # stop() may run twice
             self.shutdown_ms = shutdown_ms(self.proc.stdout.read().decode(errors="replace"))
             self.proc.stdout.close()
         self._stderr.close()
