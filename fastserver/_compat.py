@@ -1,44 +1,103 @@
 """The one place that chooses fastserver's core implementation.
 
-The Cython extension ``fastserver._core`` is used unless:
+There are two cores with one interface (``fastserver/_pure.py`` describes
+it): the Cython extension ``fastserver._core`` (backend ``"cython"``) and
+the pure-Python ``fastserver._pure`` (backend ``"python"``).
+
+Each server picks its core when it is constructed, from its ``backend``
+class attribute: ``"cython"`` or ``"python"`` pins that core, ``None`` (the
+default) takes the process default. The process default, ``backend``
+here and ``fastserver.backend``, is the Cython core unless:
 
 - ``FASTSERVER_NO_EXTENSIONS`` is set to a non-empty value other than ``0``;
 - the interpreter is not CPython;
+- the interpreter runs without the GIL (free-threaded CPython): importing
+  the extension would turn the GIL back on for the whole process, and the
+  C core relies on it (see ``_core.pxd``);
 - the extension cannot be imported (for example a source checkout that was
   never built).
 
-In each of those cases the pure-Python ``fastserver._pure`` is used. Both
-implement the same interface; see ``fastserver/_pure.py``.
+Two servers pinned to different cores run side by side in one process.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
-from typing import TYPE_CHECKING
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Dict, Optional
+
+#: The backend names, each with the module that implements it.
+_MODULES = {"cython": "fastserver._core", "python": "fastserver._pure"}
+BACKENDS = tuple(_MODULES)
+
+_loaded: Dict[str, ModuleType] = {}
 
 
-def _pure_requested() -> bool:
+def _gil_disabled() -> bool:
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return is_enabled is not None and not is_enabled()
+
+
+def _pure_reason() -> Optional[str]:
+    """Why the process default must be the pure core, or None."""
     flag = os.environ.get("FASTSERVER_NO_EXTENSIONS", "")
-    return flag not in ("", "0") or platform.python_implementation() != "CPython"
+    if flag not in ("", "0"):
+        return "FASTSERVER_NO_EXTENSIONS=%s" % flag
+    if platform.python_implementation() != "CPython":
+        return "%s is not CPython" % platform.python_implementation()
+    if _gil_disabled():
+        return "the interpreter runs without the GIL"
+    return None
+
+
+def load_core(name: Optional[str]) -> ModuleType:
+    """The core module for a backend name; None gives the process default.
+
+    Raises ValueError for a name that is not a backend, and ImportError when
+    the Cython core is asked for by name but cannot be imported.
+    """
+    if name is None:
+        return default_core
+    module = _loaded.get(name)
+    if module is not None:
+        return module
+    if name not in _MODULES:
+        raise ValueError("backend must be one of %s or None, not %r"
+                         % (", ".join(repr(n) for n in BACKENDS), name))
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except ImportError as exc:
+        raise ImportError(
+            "the %r backend is not available: %s (build the extension with "
+            "'pip install -e .', or use backend = 'python')" % (name, exc)) from exc
+    _loaded[name] = module
+    return module
+
+
+def name_of(core: ModuleType) -> str:
+    """The backend name of a core module."""
+    for name, module_name in _MODULES.items():
+        if core.__name__ == module_name:
+            return name
+    raise ValueError("not a fastserver core: %r" % (core,))
 
 
 if TYPE_CHECKING:
-    from . import _pure as core
+    from . import _pure as default_core
 
     backend: str
-elif _pure_requested():
-    from . import _pure as core
-
-    backend = "python"
 else:
-    try:
-        from . import _core as core
-    except ImportError:
-        from . import _pure as core
-
-        backend = "python"
+    if _pure_reason() is None:
+        try:
+            default_core = load_core("cython")
+        except ImportError:
+            default_core = load_core("python")
     else:
-        backend = "cython"
+        default_core = load_core("python")
+    #: The process default backend's name.
+    backend = name_of(default_core)
 
-__all__ = ["core", "backend"]
+__all__ = ["BACKENDS", "backend", "default_core", "load_core", "name_of"]

@@ -1,5 +1,5 @@
 """The request handler classes: BaseRequestHandler and its stream and
-datagram flavours, with rfile/wfile served by the core."""
+datagram flavours, with rfile/wfile served by the server's core."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ import socket
 from io import BytesIO
 from typing import Any, BinaryIO, Optional
 
-from ._compat import core
+from . import _compat
+
+
+def _core_of(server: Any) -> Any:
+    """The core of the server the handler serves: a handler given some other
+    server (or none) gets the process default."""
+    return getattr(server, "_fs_core", _compat.default_core)
 
 
 class BaseRequestHandler:
@@ -113,7 +119,7 @@ class StreamRequestHandler(BaseRequestHandler):
         limit = self.coalesce_limit if self.coalesce_writes else 0
         if self.coalesce_writes and limit <= 0:
             raise ValueError("coalesce_limit must be positive, got %r" % (limit,))
-        self.rfile, self.wfile = core.open_stream(
+        self.rfile, self.wfile = _core_of(self.server).open_stream(
             self.connection, self.rbufsize, self.wbufsize, limit)
 
     def finish(self) -> None:
@@ -147,4 +153,5 @@ class DatagramRequestHandler(BaseRequestHandler):
         self.wfile = BytesIO()
 
     def finish(self) -> None:
-        core.sendto(self.socket, self.wfile.getvalue(), self.client_address)
+        _core_of(self.server).sendto(self.socket, self.wfile.getvalue(),
+                                     self.client_address)

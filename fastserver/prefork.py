@@ -547,7 +547,7 @@ class Supervisor:
         try:
             log.info("listening on %s (%s, %s backend), %d worker%s",
                      _format_address(self.server.server_address),
-                     type(self.server).__name__, _backend(self.server),
+                     type(self.server).__name__, self.server.backend,
                      self.workers, "" if self.workers == 1 else "s")
             for slot in self._slots:
                 self._spawn(slot)
@@ -843,13 +843,3 @@ def _format_address(address: Any) -> str:
             host = "[%s]" % host
         return "%s:%s" % (host, address[1])
     return repr(address)
-
-
-def _backend(server: Any) -> str:
-    """The core of the fastserver package the server's classes come from."""
-    for cls in type(server).__mro__:
-        package = sys.modules.get(cls.__module__.split(".")[0])
-        backend = getattr(package, "backend", None)
-        if isinstance(backend, str):
-            return backend
-    return "?"

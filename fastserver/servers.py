@@ -1,8 +1,9 @@
 """The server classes: socketserver's documented hierarchy and hooks.
 
 Everything a subclass may override is an ordinary Python method here; the
-core (``fastserver._compat.core``) only runs the loop, the accept and the
-datagram receive behind the default hooks, so an override always wins.
+server's core (chosen per server by ``fastserver._compat``) only runs the
+loop, the accept and the datagram receive behind the default hooks, so an
+override always wins.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import traceback
 from socket import socket as _Socket
 from typing import Any, Callable, Optional, Set, Tuple, TypeVar
 
-from ._compat import core
+from . import _compat
 from ._workers import NoWorkers, WorkerThreads
 
 _Address = Any
@@ -59,6 +60,10 @@ class BaseServer:
     - socket_type
     - allow_reuse_address
     - allow_reuse_port
+    - backend: fastserver only; the core this server and its handlers run
+      on, "cython" or "python", or None (the default) for the process
+      default, fastserver.backend. Read when the server is constructed;
+      afterwards the instance's backend names the core in use.
 
     Instance variables:
 
@@ -71,6 +76,9 @@ class BaseServer:
     """
 
     timeout: Optional[float] = None
+    backend: Optional[str] = None
+    # The core module; the instance gets the one its backend names.
+    _fs_core: Any = _compat.default_core
     # Provided by subclasses (TCPServer and below); declared for type checkers.
     socket: _Socket
     get_request: Callable[[], Tuple[Any, _Address]]
@@ -83,7 +91,9 @@ class BaseServer:
         """Constructor.  May be extended, do not override."""
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
-        self._fs_loop = core.ServeLoop()
+        self._fs_core = _compat.load_core(self.backend)
+        self.backend = _compat.name_of(self._fs_core)
+        self._fs_loop = self._fs_core.ServeLoop()
 
     def server_activate(self) -> None:
         """Called by constructor to activate the server.
@@ -323,7 +333,8 @@ class TCPServer(BaseServer):
 
         May be overridden.
         """
-        return core.accept(self.socket)
+        conn, address = self._fs_core.accept(self.socket)
+        return conn, address
 
     def shutdown_request(self, request: Any) -> None:
         """Called to shutdown and close an individual request."""
@@ -351,7 +362,7 @@ class UDPServer(TCPServer):
     def get_request(self) -> Tuple[Any, _Address]:
         receiver = self._fs_buffered
         if receiver is None or receiver.sock is not self.socket:
-            receiver = self._fs_buffered = core.DatagramReceiver(self.socket)
+            receiver = self._fs_buffered = self._fs_core.DatagramReceiver(self.socket)
         data, client_addr = receiver.recv(self.max_packet_size)
         return (data, self.socket), client_addr
 

@@ -8,29 +8,32 @@ Fixtures:
   behaviour that socketserver defines use it, so the reference is checked by
   the very same assertions.
 
-Each Impl carries ``ss``, a socketserver-compatible module. The ``python``
-backend is a second copy of the package, imported with the pure core forced,
-so one pytest session covers both backends. Set FASTSERVER_REQUIRE_CYTHON=1
+Each Impl carries ``ss``, a socketserver-compatible module, and for the
+fastserver backends ``core``, the core module. Both backends are the one
+``fastserver`` package: for the duration of a test the ``impl`` fixture pins
+``fastserver.BaseServer.backend`` to the backend's name, so every server the
+test builds (and every handler it serves) runs on that core, side by side in
+one process. When the process default is pure (FASTSERVER_NO_EXTENSIONS=1,
+or no extension built) only ``python`` runs; set FASTSERVER_REQUIRE_CYTHON=1
 (CI does) to fail instead of quietly running without the cython backend.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import socket
 import socketserver
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Optional
 
 import pytest
 
 import fastserver
+from fastserver import _compat
 
 
 @dataclass(frozen=True)
@@ -45,28 +48,10 @@ class Impl:
     def is_stdlib(self) -> bool:
         return self.name == "stdlib"
 
-
-def _import_pure_copy() -> ModuleType:
-    """Import fastserver again as ``fastserver_pure`` with the pure core."""
-    origin = fastserver.__file__
-    assert origin is not None
-    spec = importlib.util.spec_from_file_location(
-        "fastserver_pure", origin,
-        submodule_search_locations=[os.path.dirname(origin)])
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    saved = os.environ.get("FASTSERVER_NO_EXTENSIONS")
-    os.environ["FASTSERVER_NO_EXTENSIONS"] = "1"
-    try:
-        sys.modules["fastserver_pure"] = module
-        spec.loader.exec_module(module)
-    finally:
-        if saved is None:
-            del os.environ["FASTSERVER_NO_EXTENSIONS"]
-        else:
-            os.environ["FASTSERVER_NO_EXTENSIONS"] = saved
-    assert module.backend == "python"
-    return module
+    @property
+    def core(self) -> ModuleType:
+        """The core module of a fastserver backend."""
+        return _compat.load_core(self.name)
 
 
 def _fastserver_impls() -> List[Any]:
@@ -74,13 +59,11 @@ def _fastserver_impls() -> List[Any]:
     if fastserver.backend == "cython":
         impls.append(pytest.param(Impl("cython", fastserver), id="cython",
                                   marks=pytest.mark.cython))
-        impls.append(pytest.param(Impl("python", _import_pure_copy()), id="python"))
-    else:
-        if os.environ.get("FASTSERVER_REQUIRE_CYTHON") and \
-                not os.environ.get("FASTSERVER_NO_EXTENSIONS"):
-            raise RuntimeError("FASTSERVER_REQUIRE_CYTHON is set but the "
-                               "cython backend is not importable")
-        impls.append(pytest.param(Impl("python", fastserver), id="python"))
+    elif os.environ.get("FASTSERVER_REQUIRE_CYTHON") and \
+            not os.environ.get("FASTSERVER_NO_EXTENSIONS"):
+        raise RuntimeError("FASTSERVER_REQUIRE_CYTHON is set but the "
+                           "cython backend is not importable")
+    impls.append(pytest.param(Impl("python", fastserver), id="python"))
     return impls
 
 
@@ -88,14 +71,32 @@ FASTSERVER_IMPLS = _fastserver_impls()
 STDLIB_IMPL = pytest.param(Impl("stdlib", socketserver), id="stdlib")
 
 
+@contextlib.contextmanager
+def pinned_backend(name: Optional[str]) -> Iterator[None]:
+    """Every fastserver server built in the block runs on the named core.
+
+    The process default is left unpinned (None), so that tests on it also
+    go through the default choice.
+    """
+    saved = fastserver.BaseServer.backend
+    fastserver.BaseServer.backend = None if name == fastserver.backend else name
+    try:
+        yield
+    finally:
+        fastserver.BaseServer.backend = saved
+
+
 @pytest.fixture(params=FASTSERVER_IMPLS)
-def impl(request: pytest.FixtureRequest) -> Impl:
-    return request.param  # type: ignore[no-any-return]
+def impl(request: pytest.FixtureRequest) -> Iterator[Impl]:
+    with pinned_backend(request.param.name):
+        yield request.param
 
 
 @pytest.fixture(params=FASTSERVER_IMPLS + [STDLIB_IMPL])
-def ref_impl(request: pytest.FixtureRequest) -> Impl:
-    return request.param  # type: ignore[no-any-return]
+def ref_impl(request: pytest.FixtureRequest) -> Iterator[Impl]:
+    name = None if request.param.is_stdlib else request.param.name
+    with pinned_backend(name):
+        yield request.param
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -114,7 +114,8 @@ def test_mixins_compose_like_stdlib(impl: Impl) -> None:
 
 
 def test_backend_names_the_core(impl: Impl) -> None:
-    assert impl.ss.backend == impl.name
+    with impl.ss.TCPServer(("127.0.0.1", 0), impl.ss.StreamRequestHandler) as server:
+        assert server.backend == impl.name
 
 
 def _backend_in_subprocess(env_value: str | None) -> str:

@@ -141,7 +141,7 @@ def test_rfile_matches_buffered_reader(impl: Any, payload: bytes, cuts: List[int
                                        rbufsize: int, ending: str,
                                        calls: List[Tuple[str, Any]],
                                        close_at: int) -> None:
-    core = impl.ss._compat.core
+    core = impl.core
     eof = ending != "stall"
     blocking = ending == "eof-blocking"
 
@@ -162,7 +162,7 @@ def test_rfile_matches_buffered_reader(impl: Any, payload: bytes, cuts: List[int
 def test_rfile_timeout_then_timed_out_object(impl: Any, rbufsize: int) -> None:
     """A timeout discards what the call had gathered; the raw stream then
     refuses to read, but buffered bytes are still returned."""
-    core = impl.ss._compat.core
+    core = impl.core
     results = []
     for opener in (lambda s: s.makefile("rb", rbufsize),
                    lambda s: core.open_stream(s, rbufsize, 0, 0)[0]):

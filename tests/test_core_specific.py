@@ -26,7 +26,7 @@ import fastserver._pure as pure
 
 
 def core_of(impl: Any) -> Any:
-    return impl.ss._compat.core
+    return impl.core
 
 
 # Tests of the C path itself run on the cython backend only (and are not

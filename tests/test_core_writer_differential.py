@@ -94,7 +94,7 @@ SETTINGS = settings(max_examples=60, deadline=None,
 @SETTINGS
 @given(sequence=calls)
 def test_unbuffered_wfile_matches_stdlib(impl: Impl, sequence: Any) -> None:
-    core = impl.ss._compat.core
+    core = impl.core
     ours = run(lambda s: core.open_stream(s, -1, 0, 0)[1], sequence, True)
     theirs = run(socketserver._SocketWriter, sequence, True)  # type: ignore[attr-defined]
     assert ours == theirs
@@ -103,7 +103,7 @@ def test_unbuffered_wfile_matches_stdlib(impl: Impl, sequence: Any) -> None:
 @SETTINGS
 @given(sequence=calls, wbufsize=st.sampled_from([1, 100, 8192]))
 def test_buffered_wfile_matches_stdlib(impl: Impl, sequence: Any, wbufsize: int) -> None:
-    core = impl.ss._compat.core
+    core = impl.core
     ours = run(lambda s: core.open_stream(s, -1, wbufsize, 0)[1], sequence, False)
     theirs = run(lambda s: s.makefile("wb", wbufsize), sequence, False)
     assert ours == theirs
@@ -112,7 +112,7 @@ def test_buffered_wfile_matches_stdlib(impl: Impl, sequence: Any, wbufsize: int)
 @SETTINGS
 @given(sequence=calls, limit=st.sampled_from([1, 500, 65536]))
 def test_coalescing_wfile_sends_the_same_bytes(impl: Impl, sequence: Any, limit: int) -> None:
-    core = impl.ss._compat.core
+    core = impl.core
     log, received = run(lambda s: core.open_stream(s, -1, 0, limit)[1], sequence, True)
     plain_log, plain_received = run(socketserver._SocketWriter, sequence, False)  # type: ignore[attr-defined]
     assert received == plain_received

@@ -146,7 +146,7 @@ def test_reply_honours_a_socket_subclass_sendto(ref_impl: Impl) -> None:
                                   memoryview(b"0123456789")[2:5]],
                          ids=["empty", "bytes", "bytearray", "memoryview"])
 def test_core_sendto_sends_any_bytes_like(impl: Impl, data: Any) -> None:
-    core = impl.ss._compat.core
+    core = impl.core
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
         b.bind((HOST, 0))
@@ -156,7 +156,7 @@ def test_core_sendto_sends_any_bytes_like(impl: Impl, data: Any) -> None:
 
 
 def test_core_sendto_errors_are_sendtos(impl: Impl) -> None:
-    core = impl.ss._compat.core
+    core = impl.core
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.close()
     with pytest.raises(OSError) as caught:
