@@ -53,6 +53,7 @@ BACKOFF_MAX = 0.1
 # A resource error later than this after the previous one starts afresh.
 _BACKOFF_RESET = 1.0
 
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
@@ -212,9 +213,21 @@ def _sleep_until(deadline: float) -> None:
     select.poll().poll(_poll_ms(deadline - monotonic()))
 
 
-def accept(sock: socket.socket) -> Tuple[socket.socket, Any]:
-    """Accept one connection on sock: (connection, client_address)."""
-    return sock.accept()
+def accept(sock: socket.socket, nodelay: bool = False) -> Tuple[socket.socket, Any]:
+    """Accept one connection on sock: (connection, client_address).
+
+    With nodelay true, a TCP connection (IPv4 or IPv6) gets TCP_NODELAY
+    before it is returned; other families are left as they are.
+    """
+    conn, address = sock.accept()
+    if nodelay and conn.family in _TCP_FAMILIES:
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            # Best effort, as in the Cython core: a connection already reset
+            # can refuse it, and its first recv or send reports the reset.
+            pass
+    return conn, address
 
 
 class DatagramReceiver:

@@ -3,6 +3,7 @@ datagram flavours, with rfile/wfile served by the server's core."""
 
 from __future__ import annotations
 
+import functools
 import socket
 from io import BytesIO
 from typing import Any, BinaryIO, Optional
@@ -14,6 +15,23 @@ def _core_of(server: Any) -> Any:
     """The core of the server the handler serves: a handler given some other
     server (or none) gets the process default."""
     return getattr(server, "_fs_core", _compat.default_core)
+
+
+def keeps_nagle(handler_class: Any) -> bool:
+    """Whether connections for handler_class keep Nagle's algorithm: only
+    when its disable_nagle_algorithm is False, and not merely inherited
+    from socketserver's own StreamRequestHandler (whose default False a
+    handler written against the real socketserver carries without asking
+    for it)."""
+    if isinstance(handler_class, functools.partial):
+        handler_class = handler_class.func
+    if getattr(handler_class, "disable_nagle_algorithm", None) is not False:
+        return False
+    for cls in getattr(handler_class, "__mro__", ()):
+        if "disable_nagle_algorithm" in cls.__dict__:
+            return not (cls.__module__ == "socketserver"
+                        and cls.__qualname__ == "StreamRequestHandler")
+    return True
 
 
 class BaseRequestHandler:
@@ -68,7 +86,12 @@ class StreamRequestHandler(BaseRequestHandler):
     - wbufsize: wfile's buffer size; 0 (default) sends every write() in full
       before it returns
     - timeout: a timeout to apply to the request socket, if not None
-    - disable_nagle_algorithm: set TCP_NODELAY on the request socket
+    - disable_nagle_algorithm: True sets TCP_NODELAY on the request socket
+      in setup(); False keeps Nagle's algorithm. fastserver's default, None,
+      means TCP_NODELAY too: TCP servers set it on every connection they
+      accept for such a handler, so that a reply written in pieces is not
+      held back waiting for the client's delayed ACK (socketserver's default
+      is False, which stalls keep-alive clients ~40 ms per reply)
     - coalesce_writes: fastserver only, default False. When True, write()
       appends to a buffer that is sent in one piece just before the handler
       blocks reading rfile, when handle() returns, on wfile.flush(), and
@@ -84,8 +107,8 @@ class StreamRequestHandler(BaseRequestHandler):
     rbufsize: int = -1
     wbufsize: int = 0
     timeout: Optional[float] = None
-    # Use only when wbufsize != 0 or coalesce_writes, to avoid small packets.
-    disable_nagle_algorithm: bool = False
+    # None: TCP_NODELAY, set when the connection is accepted (see above).
+    disable_nagle_algorithm: Optional[bool] = None
     coalesce_writes: bool = False
     coalesce_limit: int = 65536
     # Set by setup().

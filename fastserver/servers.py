@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Set, Tuple, TypeVar
 
 from . import _compat
 from ._workers import NoWorkers, WorkerThreads
+from .handlers import keeps_nagle
 
 _Address = Any
 _Server = TypeVar("_Server", bound="BaseServer")
@@ -333,7 +334,8 @@ class TCPServer(BaseServer):
 
         May be overridden.
         """
-        conn, address = self._fs_core.accept(self.socket)
+        nodelay = not keeps_nagle(self.RequestHandlerClass)
+        conn, address = self._fs_core.accept(self.socket, nodelay)
         return conn, address
 
     def shutdown_request(self, request: Any) -> None:

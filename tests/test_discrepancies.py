@@ -155,3 +155,22 @@ def test_datagram_server_close_lets_replies_out(impl: Impl) -> None:
     assert reply_after_close(impl.ss, "ThreadingUDPServer") == b"late reply"
     assert reply_after_close(impl.ss, "ThreadPoolUDPServer") == b"late reply"
     assert reply_after_close(socketserver, "ThreadingUDPServer") == ["OSError"]
+
+
+def test_tcp_nodelay_is_on_by_default(impl: Impl) -> None:
+    """socketserver leaves Nagle's algorithm on unless the handler sets
+    disable_nagle_algorithm = True, so a keep-alive client of http.server
+    waits ~40 ms per reply for its own delayed ACK (22 requests/s on one
+    connection). fastserver's default (None) sets TCP_NODELAY on every TCP
+    connection it accepts; an explicit False keeps Nagle on both.
+    tests/test_keepalive.py times both sides."""
+    from test_keepalive import asked_nodelay, make, reporting_handler
+
+    def nodelay(ss: Any, **attrs: Any) -> bytes:
+        return asked_nodelay(make(ss, "ThreadingTCPServer",
+                                  reporting_handler(ss, **attrs)))
+
+    assert nodelay(impl.ss) == b"1\n"
+    assert nodelay(socketserver) == b"0\n"
+    assert nodelay(impl.ss, disable_nagle_algorithm=False) == b"0\n"
+    assert nodelay(socketserver, disable_nagle_algorithm=False) == b"0\n"

@@ -107,6 +107,7 @@ def test_server_from_systemd(impl: Impl) -> None:
     assert adopted == {"fd": 3, "inheritable": False, "inherited": True,
                        "address": [HOST, port], "env": [], "backend": impl.name}
     assert got["line"] == "hello\n" and got["listen_env"] == []
+    assert got["nodelay"] == 1  # a socket systemd passed gets it too
 
 
 def launch(impl: Impl, socks: List[socket.socket], args: List[str],
@@ -193,6 +194,8 @@ def test_run_systemd_with_workers(impl: Impl) -> None:
         got = ask((HOST, port), V1_LINE + b"hi\n")
         assert got["client"] == ["192.0.2.7", 51000]
         assert got["listen_env"] == [] and got["backend"] == impl.name
+        # Prefork workers behind PROXY, on systemd's socket: no Nagle.
+        assert got["nodelay"] == 1
         sup.wait_for("serving on the socket systemd passed")
         pids = set(sup.wait_workers(2))
         assert len(pids) == 2
@@ -209,6 +212,7 @@ def test_run_systemd_unix_socket(impl: Impl) -> None:
                                             "--workers", "1"]) as sup:
             got = ask(path, family=socket.AF_UNIX)
             assert got["server"] == "ThreadingUnixStreamServer"
+            assert got["nodelay"] is None
             sup.send_signal(signal.SIGTERM)
             assert sup.wait(15) == 0, sup.log
         # The socket file is systemd's: the drain leaves it in place.

@@ -5,17 +5,21 @@ _sock_type = _socket.socket.type.__get__       # socket.accept() passes
 _sock_proto = _socket.socket.proto.__get__     # them on (without enums)
 
 
-def accept(sock):
-    """Accept one connection on sock: (connection, client_address)."""
+def accept(sock, nodelay=False):
+    """Accept one connection on sock: (connection, client_address).
+
+    With nodelay true, a TCP connection (IPv4 or IPv6) gets TCP_NODELAY
+    before it is returned; other families are left as they are.
+    """
     cdef sockaddr_storage addr
     cdef socklen_t addrlen = 0
     cdef int64_t timeout, deadline
-    cdef int err = 0, fd, cfd
+    cdef int err = 0, fd, cfd, one = 1
     if not _drivable(sock, _ACCEPT_METHODS):
-        return sock.accept()
+        return _set_nodelay(sock.accept(), nodelay)
     family = _sock_family(sock)
     if not _family_supported(family):
-        return sock.accept()
+        return _set_nodelay(sock.accept(), nodelay)
     timeout = _timeout_ns(sock)
     deadline = _deadline(timeout)
     while True:
@@ -28,6 +32,11 @@ def accept(sock):
             PyErr_CheckSignals()
             continue
         _raise_errno(err)
+    if nodelay and (addr.ss_family == AF_INET or addr.ss_family == AF_INET6):
+        # Best effort, as the stdlib's setup() would be were it asked: a
+        # connection already reset can refuse it (the BSDs say EINVAL), and
+        # its first recv or send reports the reset anyway.
+        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
     try:
         address = _make_address(<sockaddr *>&addr, addrlen)
         conn = _SocketType(family, _sock_type(sock), _sock_proto(sock), cfd)
@@ -39,3 +48,16 @@ def accept(sock):
     if _getdefaulttimeout() is None and timeout != -1 and timeout != 0:
         conn.setblocking(True)
     return conn, address
+
+
+def _set_nodelay(accepted, nodelay):
+    """accept()'s result, with TCP_NODELAY set on a TCP connection when
+    nodelay is true (for sockets the C path does not drive)."""
+    if nodelay:
+        conn = accepted[0]
+        if _sock_family(conn) in (AF_INET, AF_INET6):
+            try:
+                conn.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+    return accepted

@@ -83,6 +83,8 @@ cdef extern from "<sys/socket.h>" nogil:
                      sockaddr *addr, socklen_t *addrlen)
     ssize_t c_sendto "sendto"(int fd, const void *buf, size_t n, int flags,
                              const sockaddr *addr, socklen_t addrlen)
+    int setsockopt(int fd, int level, int name, const void *value,
+                   socklen_t length)
     enum:
         AF_UNIX
         AF_INET
@@ -93,6 +95,8 @@ cdef extern from "<sys/socket.h>" nogil:
 
 
 cdef extern from "<netinet/in.h>" nogil:
+    enum:
+        IPPROTO_TCP
     struct in_addr:
         uint32_t s_addr
     struct in6_addr:
@@ -107,6 +111,11 @@ cdef extern from "<netinet/in.h>" nogil:
         uint32_t sin6_flowinfo
         in6_addr sin6_addr
         uint32_t sin6_scope_id
+
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_NODELAY
 
 
 cdef extern from "<arpa/inet.h>" nogil:

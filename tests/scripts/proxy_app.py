@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from typing import Any, Dict
 
@@ -30,6 +31,8 @@ def describe(handler: Any, line: bytes) -> Dict[str, Any]:
         "backend": fastserver.backend,
         "server": type(handler.server).__name__,
         "listen_env": sorted(k for k in os.environ if k.startswith("LISTEN_")),
+        "nodelay": None if handler.request.family == socket.AF_UNIX else
+        handler.request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
     }
 
 
