@@ -22,19 +22,23 @@ cdef class ServeLoop:
     # The serve loop of one server (BaseServer._fs_loop).
     #
     # serve_forever(server, poll_interval):
-    #   _is_shut_down.clear() -> open a waker (eventfd, or a pipe) ->
-    #   publish its write end in _wake_fd -> loop:
+    #   take server.fileno() first (ValueError for a closed socket, -1) ->
+    #   _is_shut_down.clear() -> open a waker (eventfd, or a pipe; errno
+    #   copied before any Python code runs) -> publish its write end in
+    #   _wake_fd -> loop:
     #     server._fs_buffered.pending?  yes: ready without waiting
     #                                   no:  poll(waker, server fd) with the
     #                                        GIL released, PEP 475 retries
+    #     POLLNVAL on the server fd (server_close() under the loop) -> break
     #     _shutdown_request? -> break
     #     ready? -> server._handle_request_noblock()   (Python lookup: an
     #                                                   override wins)
     #     server.service_actions()
-    #   finally: _wake_fd = -1, close the waker, clear _shutdown_request,
-    #            _is_shut_down.set()
+    #   finally (and when the fd or the waker fails): _wake_fd = -1, close
+    #            the waker, clear _shutdown_request, _is_shut_down.set()
     # shutdown(): _shutdown_request = True -> one non-blocking write to
-    #   _wake_fd (if >= 0) -> _is_shut_down.wait(). The write and the close in
+    #   _wake_fd (if >= 0; any error but EAGAIN raises) ->
+    #   _is_shut_down.wait(). The write and the close in
     #   serve_forever's finally both run with the GIL held, so shutdown()
     #   never writes to a descriptor that was closed and reused.
     # accept_failed(exc) sets the back-off that serve_forever() and

@@ -59,8 +59,13 @@ _POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 def _make_waker() -> Tuple[int, int]:
     """Return (read_fd, write_fd) of a non-blocking self-pipe."""
     rfd, wfd = os.pipe()
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
+    try:
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+    except BaseException:
+        os.close(rfd)
+        os.close(wfd)
+        raise
     return rfd, wfd
 
 
@@ -93,13 +98,23 @@ class ServeLoop:
     def serve_forever(self, server: Any, poll_interval: float = 0.5) -> None:
         """Handle requests until shutdown(); run service_actions() at least
         once per poll_interval."""
-        self._is_shut_down.clear()
-        rfd, wfd = _make_waker()
+        try:
+            # The listening descriptor first: opening the waker releases the
+            # GIL, and a server_close() that runs then must not be mistaken
+            # for a socket closed before serve_forever() was called.
+            fd = _listening_fd(server)
+            self._is_shut_down.clear()
+            rfd, wfd = _make_waker()
+        except BaseException:
+            self._shutdown_request = False
+            self._is_shut_down.set()
+            raise
         with self._lock:
             self._wake_fd = wfd
         try:
+            if server.fileno() != fd:
+                return  # closed while the waker opened: leave as shutdown would
             poller = select.poll()
-            fd = server.fileno()
             poller.register(rfd, select.POLLIN)
             poller.register(fd, _POLLIN)
             listening = True
@@ -122,9 +137,11 @@ class ServeLoop:
                         poller.register(fd, _POLLIN)
                         listening = True
                     ready = False
-                    for efd, _ in poller.poll(wait_ms):
+                    for efd, events in poller.poll(wait_ms):
                         if efd == rfd:
                             _drain(rfd)
+                        elif events & select.POLLNVAL:
+                            return  # server_close() under the loop: leave quietly
                         else:
                             ready = True
                 if self._shutdown_request:
@@ -172,7 +189,7 @@ class ServeLoop:
                 return False
             _sleep_until(monotonic() + delay)
         poller = select.poll()
-        poller.register(server.fileno(), _POLLIN)
+        poller.register(_listening_fd(server), _POLLIN)
         remaining = None if deadline is None else max(0.0, deadline - monotonic())
         return bool(poller.poll(_poll_ms(remaining)))
 
@@ -197,6 +214,15 @@ def _poll_ms(seconds: Optional[float]) -> int:
     if seconds <= 0:
         return 0
     return max(1, int(seconds * 1000 + 0.999))
+
+
+def _listening_fd(server: Any) -> int:
+    """server.fileno(), or the ValueError that socketserver's selector
+    raises for a closed socket."""
+    fd = server.fileno()
+    if fd < 0:
+        raise ValueError("Invalid file descriptor: {}".format(fd))
+    return fd
 
 
 def _drain(fd: int) -> None:

@@ -2,6 +2,15 @@
 # handle_request. See _core.pxd for the contract.
 
 
+cdef int _listening_fd(object server) except -1:
+    """server.fileno(), or the ValueError that socketserver's selector
+    raises for a closed socket (poll() would skip fd -1 and wait on)."""
+    cdef int fd = server.fileno()
+    if fd < 0:
+        raise ValueError("Invalid file descriptor: %d" % fd)
+    return fd
+
+
 cdef class ServeLoop:
     """The serve loop of one server.
 
@@ -37,13 +46,20 @@ cdef class ServeLoop:
         cdef nfds_t nfds
         cdef double delay
         cdef bint ready
-        self._is_shut_down.clear()
-        if fs_waker_open(wake) < 0:
+        cdef int err
+        try:
+            # The listening descriptor first, as _pure takes it.
+            fd = _listening_fd(server)
+            self._is_shut_down.clear()
+            if fs_waker_open(wake) < 0:
+                err = errno   # before any Python code can change it
+                _raise_errno(err)
+        except BaseException:
+            self._shutdown_request = False
             self._is_shut_down.set()
-            _raise_errno(errno)
+            raise
         self._wake_fd = wake[1]
         try:
-            fd = server.fileno()
             interval_ms = _poll_ms(poll_interval)
             fds[0].fd = wake[0]
             fds[0].events = POLLIN
@@ -69,6 +85,8 @@ cdef class ServeLoop:
                         if fds[0].revents:
                             fs_waker_drain(wake[0])
                         if nfds == 2 and fds[1].revents:
+                            if fds[1].revents & POLLNVAL:
+                                break   # server_close() under the loop: leave quietly
                             ready = True
                 if self._shutdown_request:
                     break
@@ -90,10 +108,13 @@ cdef class ServeLoop:
         Called before serve_forever(), it makes the next serve_forever()
         return at once; as in socketserver, it waits for that to happen.
         """
+        cdef int err
         self._shutdown_request = True
-        if self._wake_fd >= 0:
+        if self._wake_fd >= 0 and fs_waker_signal(self._wake_fd) < 0:
+            err = errno
             # Non-blocking: EAGAIN means a wake-up is already pending.
-            fs_waker_signal(self._wake_fd)
+            if not _is_eagain(err):
+                _raise_errno(err)
         self._is_shut_down.wait()
 
     def wait_for_request(self, server, timeout):
@@ -116,7 +137,7 @@ cdef class ServeLoop:
                 _sleep_until(deadline)
                 return False
             _sleep_until(_monotonic() + delay)
-        p.fd = server.fileno()
+        p.fd = _listening_fd(server)
         p.events = _POLL_READ
         p.revents = 0
         if has_deadline:
@@ -136,3 +157,4 @@ cdef class ServeLoop:
             self._backoff_delay = min(self._backoff_delay * 2, BACKOFF_MAX)
         self._last_resource_error = now
         self._backoff_until = now + self._backoff_delay
+
