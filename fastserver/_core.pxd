@@ -1,5 +1,5 @@
-# Contracts of the Cython core. The behaviour is fastserver/_pure.py's; this
-# file says how the C side keeps it: which fields hold what, who may touch
+# Contracts of the Cython core. The behaviour is fastserver/_contract.py's;
+# this file says how the C side keeps it: which fields hold what, who may touch
 # them, and the order in which the methods call each other.
 #
 # Concurrency: every field below is read and written with the GIL held. The
@@ -41,14 +41,12 @@ cdef class ServeLoop:
     #   _is_shut_down.wait(). The write and the close in
     #   serve_forever's finally both run with the GIL held, so shutdown()
     #   never writes to a descriptor that was closed and reused.
-    # accept_failed(exc) sets the back-off that serve_forever() and
-    #   wait_for_request() honour; both only read it.
+    # accept_failed(exc) feeds _backoff (the contract's policy), whose
+    #   .until serve_forever() and wait_for_request() honour.
     cdef object _is_shut_down        # threading.Event, set while no serve_forever() runs
     cdef bint _shutdown_request      # set by shutdown(), cleared when serve_forever() returns
     cdef int _wake_fd                # waker write end while serve_forever() runs, else -1
-    cdef double _backoff_until       # time.monotonic() before which accept() is not retried
-    cdef double _backoff_delay       # the current back-off, BACKOFF_FIRST .. BACKOFF_MAX
-    cdef double _last_resource_error # time of the last EMFILE/ENFILE/ENOBUFS/ENOMEM
+    cdef object _backoff             # _contract.AcceptBackoff: the policy; .until is read here
 
 
 cdef class DatagramReceiver:

@@ -6,7 +6,7 @@ _sock_proto = _socket.socket.proto.__get__     # them on (without enums)
 
 
 def accept(sock):
-    """Accept one connection on sock: (connection, client_address)."""
+    """See fastserver._contract.Core.accept."""
     cdef sockaddr_storage addr
     cdef socklen_t addrlen = 0
     cdef int64_t timeout, deadline

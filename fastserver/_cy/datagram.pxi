@@ -10,14 +10,7 @@ cdef enum:
 
 
 cdef class DatagramReceiver:
-    """Receives the datagrams of one server socket.
-
-    ``recv(max_packet_size)`` returns (data, client_address) and truncates
-    longer datagrams, as recvfrom() does. ``pending`` counts datagrams
-    already received and not yet returned: the Cython core receives in
-    recvmmsg() batches; the pure core receives one datagram per call, so
-    its count is always 0.
-    """
+    """See fastserver._contract.DatagramReceiver."""
 
     def __init__(self, sock):
         self.sock = sock
@@ -126,14 +119,7 @@ _SENDTO_METHODS = ("sendto", "fileno")
 
 
 def sendto(sock, data, address):
-    """sock.sendto(data, address): a DatagramRequestHandler's reply.
-
-    The Cython core first tries one non-blocking send with the GIL held
-    when the address is numeric (as every address a server receives
-    from is): UDP rarely lacks buffer room, and releasing the GIL for
-    every reply hands it to another handler thread and then waits to get
-    it back. Anything else, or a full buffer, is sock.sendto() itself.
-    """
+    """See fastserver._contract.Core.sendto."""
     cdef sockaddr_storage sa
     cdef socklen_t salen = 0
     cdef Py_buffer view

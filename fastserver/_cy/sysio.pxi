@@ -38,7 +38,7 @@ cdef enum:
     # Return codes of the _sock_* callers besides n >= 0 and -1 (raised).
     _WOULD_BLOCK = -2
 
-# The readiness poll() waits for, as select.poll users in _pure ask for it.
+# The readiness poll() waits for, as _pure asks select.poll for it.
 cdef short _POLL_READ = POLLIN | POLLPRI | POLLERR | POLLHUP
 
 _SocketType = _socket.socket
@@ -61,19 +61,6 @@ cdef inline int _ms_ceil(int64_t ns) noexcept nogil:
         return 0
     ms = (ns + 999999) // 1000000
     return <int>ms if ms < INT_MAX else INT_MAX
-
-
-cdef int _poll_ms(object seconds) except? -2:
-    """_pure._poll_ms: None -> -1 (forever), else whole ms rounded up."""
-    cdef double s
-    if seconds is None:
-        return -1
-    s = seconds
-    if s <= 0:
-        return 0
-    if s * 1000 + 0.999 >= INT_MAX:
-        return INT_MAX
-    return max(1, <int>(s * 1000 + 0.999))
 
 
 cdef int64_t _timeout_ns(object sock) except -2:
@@ -279,12 +266,6 @@ cdef int _poll_retry(pollfd *fds, nfds_t nfds, int timeout_ms) except -1:
         PyErr_CheckSignals()
         if timeout_ms > 0:
             timeout_ms = _ms_ceil(deadline - fs_monotonic_ns())
-
-
-cdef int _sleep_until(double deadline) except -1:
-    """An interruptible sleep that honours PEP 475, as in _pure."""
-    _poll_retry(NULL, 0, _ms_ceil(<int64_t>((deadline - _monotonic()) * 1e9)))
-    return 0
 
 
 # --- addresses ---------------------------------------------------------------

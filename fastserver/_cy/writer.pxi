@@ -112,8 +112,7 @@ cdef class _WriterBase:
 
 
 cdef class SocketWriter(_WriterBase):
-    """wfile for wbufsize == 0: every write() is sent in full before it
-    returns, and returns the number of bytes written."""
+    """See fastserver._contract.SocketWriter."""
 
     @staticmethod
     cdef SocketWriter new(object sock):
@@ -138,13 +137,7 @@ cdef class SocketWriter(_WriterBase):
 
 
 cdef class CoalescingWriter(_WriterBase):
-    """wfile for coalesce_writes: write() only appends to a buffer.
-
-    The buffer is sent in one sendall() on flush(), when it reaches
-    ``limit`` bytes, when the paired reader is about to block for more
-    input, and when the handler's handle() returns. write() returns the
-    number of bytes accepted.
-    """
+    """See fastserver._contract.CoalescingWriter."""
 
     def __init__(self, sock, limit):
         _WriterBase.__init__(self, sock)
@@ -218,7 +211,6 @@ cdef class CoalescingWriter(_WriterBase):
 
     @property
     def pending(self):
-        """Bytes written but not yet sent."""
         return self._len
 
     def close(self):
