@@ -214,6 +214,11 @@ class CoalescingWriter(io.BufferedIOBase):
             raise ValueError("write to closed file")
         with memoryview(b) as view:
             n = view.nbytes
+            if n >= self._limit:
+                # Sent at once anyway: after the buffer, without a copy.
+                self.flush()
+                self._sock.sendall(view)
+                return n
             self._buf += view
         if len(self._buf) >= self._limit:
             self.flush()

@@ -10,6 +10,7 @@ Divergences from socketserver itself are in test_discrepancies.py.
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any, Callable, List
 
 import pytest
 
-from conftest import HOST
+from conftest import HOST, unix_path
 from core_modules import LoopServer, cython, pure
 
 if cython is None:
@@ -125,3 +126,87 @@ def test_closed_server_socket_raises() -> None:
         return results, stopper.is_alive()
 
     assert on_both(outcome) == [(["Invalid file descriptor: -1"] * 2, False)] * 2
+
+
+def test_datagram_batches_shrink_for_large_packets() -> None:
+    """With max_packet_size 1 MiB the Cython receiver takes at most 4
+    datagrams per batch (the slots stay within DATAGRAM_SLOTS_BYTES; they
+    were 64 slots of 1 MiB); the pure receiver still takes one."""
+    def pending_after_one(core: Any) -> Any:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(unix_path())
+        server.settimeout(10)
+        try:
+            for i in range(10):
+                client.sendto(b"%d" % i, server.getsockname())
+            receiver = core.DatagramReceiver(server)
+            first = receiver.recv(1 << 20)[0]
+            return first, receiver.pending
+        finally:
+            name = server.getsockname()
+            server.close()
+            client.close()
+            os.unlink(name)
+
+    assert on_both(pending_after_one) == [(b"0", 3), (b"0", 0)]
+
+
+def test_concurrent_readline_from_several_threads() -> None:
+    """Three threads iterating one rfile: the Cython reader returns whole
+    lines to each, because it never releases the GIL outside its lock.
+    io.BufferedReader (the pure rfile) can interleave them, since its
+    lock-free readline fast path runs while another thread's recv is in
+    Python code: a line may be split between the threads (and a run here
+    once saw more newlines than were sent). Only reaching EOF in every
+    thread is certain there. Do not share an rfile between threads."""
+    lines = [b"%05d\n" % i for i in range(3000)]
+
+    def read_shared(core: Any) -> List[bytes]:
+        a, b = socket.socketpair()
+        with a, b:
+            rfile, wfile = core.open_stream(a, 16, 0, 0)
+            got: List[bytes] = []
+
+            def reader() -> None:
+                for line in rfile:
+                    got.append(line)
+
+            threads = [threading.Thread(target=reader) for _ in range(3)]
+            for t in threads:
+                t.start()
+            b.sendall(b"".join(lines))
+            b.shutdown(socket.SHUT_WR)
+            for t in threads:
+                t.join(30)
+            assert not any(t.is_alive() for t in threads)   # all saw EOF
+            rfile.close()
+            wfile.close()
+            return got
+
+    ours, theirs = on_both(read_shared)
+    assert sorted(ours) == lines
+    assert theirs and all(type(piece) is bytes for piece in theirs)
+
+
+def test_socket_class_patched_after_first_use_is_honoured() -> None:
+    """Fixed (issue 13): the Cython core cached per class whether it may
+    drive a socket with C calls, and never looked again, so a method patched
+    onto the class after first use was ignored; the pure core always calls
+    the socket's methods. Both now call the patched method."""
+    class Conn(socket.socket):
+        pass
+
+    def sendall_calls(core: Any) -> int:
+        calls = []
+        a, b = socket.socketpair()
+        sock = Conn(a.family, a.type, fileno=a.detach())
+        with sock, b:
+            for _ in range(2):
+                core.open_stream(sock, -1, 0, 0)[1].write(b"x")
+                Conn.sendall = lambda self, data: calls.append(data) or \
+                    socket.socket.sendall(self, data)
+            del Conn.sendall
+        return len(calls)
+
+    assert on_both(sendall_calls) == [1, 1]

@@ -243,35 +243,6 @@ def test_rfile_honours_settimeout_after_open(impl: Any) -> None:
 
 
 @on_cython
-def test_rfile_shared_between_threads(impl: Any) -> None:
-    # io.BufferedReader itself can interleave lines here (its readline fast
-    # path runs unlocked while SocketIO.readinto runs Python code); the C
-    # reader never releases the GIL outside its lock.
-    core = core_of(impl)
-    a, b = socket.socketpair()
-    rfile, wfile = core.open_stream(a, 16, 0, 0)
-    lines = [b"%05d\n" % i for i in range(3000)]
-    got: list = []
-
-    def reader() -> None:
-        for line in rfile:
-            got.append(line)
-
-    threads = [threading.Thread(target=reader) for _ in range(3)]
-    for t in threads:
-        t.start()
-    b.sendall(b"".join(lines))
-    b.shutdown(socket.SHUT_WR)
-    for t in threads:
-        t.join(10)
-    rfile.close()
-    wfile.close()
-    a.close()
-    b.close()
-    assert sorted(got) == lines
-
-
-@on_cython
 @pytest.mark.parametrize("rbufsize", [0, -1])
 def test_open_stream_paths(impl: Any, rbufsize: int) -> None:
     core = core_of(impl)

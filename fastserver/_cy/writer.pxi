@@ -1,6 +1,7 @@
 # SocketWriter and CoalescingWriter: wfile. See _core.pxd.
 
 _UnsupportedOperation = _io.UnsupportedOperation
+cdef Py_ssize_t _COALESCE_KEEP = _contract.COALESCE_KEEP
 
 
 @cython.freelist(32)
@@ -156,7 +157,7 @@ cdef class CoalescingWriter(_WriterBase):
 
     def write(self, b):
         cdef Py_buffer view
-        cdef Py_ssize_t need, cap
+        cdef Py_ssize_t need, cap, n
         cdef char *buf
         if self._closed:
             raise ValueError("write to closed file")
@@ -168,7 +169,14 @@ cdef class CoalescingWriter(_WriterBase):
             raise TypeError("a bytes-like object is required, not '%s'"
                             % type(b).__name__)
         try:
-            need = self._len + view.len
+            n = view.len
+            if n >= self._limit:
+                # Sent at once anyway: after the buffer, straight from the
+                # caller's memory, without a copy.
+                self._flush()
+                self._sendall(<const char *>view.buf, n)
+                return n
+            need = self._len + n
             if need > self._cap:
                 cap = max(need, 2 * self._cap, 256)
                 buf = <char *>PyMem_Realloc(self._buf, <size_t>cap)
@@ -176,9 +184,8 @@ cdef class CoalescingWriter(_WriterBase):
                     raise MemoryError()
                 self._buf = buf
                 self._cap = cap
-            memcpy(self._buf + self._len, view.buf, <size_t>view.len)
+            memcpy(self._buf + self._len, view.buf, <size_t>n)
             self._len = need
-            n = view.len
         finally:
             PyBuffer_Release(&view)
         if self._len >= self._limit:
@@ -202,10 +209,11 @@ cdef class CoalescingWriter(_WriterBase):
         try:
             self._sendall(data, n)
         finally:
-            if self._buf == NULL:
+            if self._buf == NULL and cap <= _COALESCE_KEEP:
                 self._buf = data
                 self._cap = cap
             else:
+                # Grown past the bound (or replaced meanwhile): release it.
                 PyMem_Free(data)
         return 0
 
