@@ -277,7 +277,7 @@ class Core(Protocol):
 
     #: "cython" or "python": the value of fastserver.backend for this core.
     BACKEND: str
-    RESOURCE_ERRNOS: frozenset
+    RESOURCE_ERRNOS: frozenset[int]
     BACKOFF_FIRST: float
     BACKOFF_MAX: float
 

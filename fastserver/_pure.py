@@ -143,7 +143,7 @@ class ServeLoop:
 
 
 def _listening_fd(server: Any) -> int:
-    fd = server.fileno()
+    fd: int = server.fileno()
     if fd < 0:
         raise closed_socket_error(fd)
     return fd
