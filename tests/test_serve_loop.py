@@ -269,30 +269,6 @@ def test_server_close_racing_serve_forever(impl: Impl) -> None:
     assert bad == []
 
 
-def test_server_close_under_the_loop_ends_it(impl: Impl) -> None:
-    """server_close() while serve_forever() waits: the loop notices the
-    closed descriptor at its next poll and returns quietly, as if shutdown()
-    had been called; shutdown() afterwards returns at once."""
-    ss = impl.ss
-    polled = threading.Event()
-
-    class Server(ss.TCPServer):  # type: ignore[name-defined,misc]
-        def service_actions(self) -> None:
-            polled.set()
-
-    server = Server((HOST, 0), ss.BaseRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
-    thread.start()
-    try:
-        assert polled.wait(10)
-        server.server_close()
-        thread.join(10)
-        assert not thread.is_alive()
-    finally:
-        server.shutdown()
-        thread.join(10)
-
-
 WAKER_SCRIPT = r"""
 import os, resource, threading
 import fastserver as ss
