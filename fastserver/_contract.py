@@ -202,6 +202,11 @@ class DatagramReceiver(Protocol):
     already received and not yet returned: the Cython core receives in
     recvmmsg() batches; the pure core receives one datagram per call, so
     its count is always 0. ``sock`` is the server socket.
+
+    Several threads may call recv() on one receiver: each datagram is
+    returned once, with its own address. A thread that blocks in the socket
+    meanwhile does not see the datagrams another thread's batch holds (the
+    serve loop, which checks ``pending`` first, never blocks so).
     """
 
     sock: Any

@@ -237,6 +237,9 @@ class CoalescingWriter(io.BufferedIOBase):
     def pending(self) -> int:
         return len(self._buf)
 
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + self._buf.__sizeof__()
+
     def close(self) -> None:
         if self.closed:
             return

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
-import tracemalloc
 from types import ModuleType
-from typing import Any, Iterator, List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 
@@ -38,59 +38,60 @@ class Drain(threading.Thread):
             self.count += n
 
 
-@pytest.fixture
-def traced() -> Iterator[None]:
-    tracemalloc.start()
-    try:
-        yield
-    finally:
-        tracemalloc.stop()
-
-
-def test_large_write_is_not_copied(core: ModuleType, traced: None) -> None:
+def test_large_write_is_not_copied(core: ModuleType) -> None:
     """A coalescing write of limit bytes or more goes straight out from the
-    caller's buffer: it never passes through the coalescing buffer."""
-    payload = os.urandom(16 * MiB)
+    caller's buffer, never through the coalescing buffer: the caller's
+    bytearray stays exported (cannot be resized) for as long as the send
+    takes, where a copy would have released it before sending."""
+    payload = bytearray(os.urandom(16 * MiB))   # far beyond the socket buffers
     a, b = socket.socketpair()
     with a, b:
-        drain = Drain(b)
-        drain.start()
+        b.settimeout(10)
         wfile = core.CoalescingWriter(a, 4096)
         wfile.write(b"head")
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        assert wfile.write(memoryview(payload)) == len(payload)
-        peak = tracemalloc.get_traced_memory()[1] - base
-        assert wfile.pending == 0
+        results: List[Any] = []
+        writer = threading.Thread(target=lambda: results.append(wfile.write(payload)))
+        writer.start()
+        first = b.recv(1 << 16)          # the send has begun, and blocks
+        try:
+            payload.extend(b"!")
+            resized = True
+        except BufferError:
+            resized = False
+        drain = Drain(b)
+        drain.start()
+        writer.join(30)
         wfile.close()
         a.shutdown(socket.SHUT_WR)
         drain.join(30)
-        assert drain.count == len(payload) + 4
-    assert peak < MiB, peak
+        assert first.startswith(b"head")
+        assert results == [16 * MiB]
+        assert len(first) + drain.count == 4 + 16 * MiB
+    assert not resized
 
 
-def test_coalescing_buffer_is_released_past_its_bound(core: ModuleType,
-                                                      traced: None) -> None:
+def test_coalescing_buffer_is_released_past_its_bound(core: ModuleType) -> None:
     """A coalescing buffer that grew past COALESCE_KEEP is released once
-    sent: one large reply does not pin its size for the connection's life."""
+    sent: one large reply does not pin its size for the connection's life.
+    (sys.getsizeof counts the buffer, as it does a bytearray's.)"""
     a, b = socket.socketpair()
     with a, b:
         drain = Drain(b)
         drain.start()
         wfile = core.CoalescingWriter(a, 1 << 30)
-        base = tracemalloc.get_traced_memory()[0]
         chunk = b"x" * 65000
         for _ in range(64):
             wfile.write(chunk)
         assert wfile.pending == 64 * len(chunk)
+        assert sys.getsizeof(wfile) >= 64 * len(chunk)
         wfile.flush()
-        kept = tracemalloc.get_traced_memory()[0] - base
+        kept = sys.getsizeof(wfile)
         wfile.write(b"small")                  # a small buffer again
         wfile.close()
         a.shutdown(socket.SHUT_WR)
         drain.join(30)
         assert drain.count == 64 * len(chunk) + 5
-    assert kept < _contract.COALESCE_KEEP + 64 * 1024, kept
+    assert kept < _contract.COALESCE_KEEP, kept
 
 
 def _close_unix(*socks: socket.socket) -> None:
@@ -101,10 +102,11 @@ def _close_unix(*socks: socket.socket) -> None:
             os.unlink(name)
 
 
-def test_datagram_slots_are_bounded(core: ModuleType, traced: None) -> None:
+def test_datagram_slots_are_bounded(core: ModuleType) -> None:
     """A receiver with a large max_packet_size keeps fewer slots: the slots
     together stay within DATAGRAM_SLOTS_BYTES (they were 64 slots of
-    max(max_packet_size, 64 KiB) for good: 64 MiB at 1 MiB)."""
+    max(max_packet_size, 64 KiB) for good: 64 MiB at 1 MiB). sys.getsizeof
+    counts the slots."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(unix_path())
     server.settimeout(10)
@@ -113,55 +115,57 @@ def test_datagram_slots_are_bounded(core: ModuleType, traced: None) -> None:
     try:
         receiver = core.DatagramReceiver(server)
         big = os.urandom(MiB - 64)
-        base = tracemalloc.get_traced_memory()[0]
         server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MiB)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MiB)
-        client.sendto(big, server.getsockname())
-        data, address = receiver.recv(MiB)
-        assert (data, address) == (big, client.getsockname())
-        del data
-        kept = tracemalloc.get_traced_memory()[0] - base
+        for max_packet_size in (MiB, 100):
+            client.sendto(big, server.getsockname())
+            data, address = receiver.recv(max_packet_size)
+            assert (data, address) == (big[:max_packet_size], client.getsockname())
+            assert sys.getsizeof(receiver) <= _contract.DATAGRAM_SLOTS_BYTES + 64 * 1024
     finally:
         _close_unix(server, client)
-    assert kept <= _contract.DATAGRAM_SLOTS_BYTES + 64 * 1024, kept
 
 
 def test_concurrent_datagram_receives_keep_pairs(core: ModuleType) -> None:
     """Two threads receiving on one receiver: every datagram arrives once,
     with its own sender's address (a slot copied after it was given up
-    could pair one datagram's payload with another's address)."""
+    could pair one datagram's payload with another's address). A thread
+    blocked in the socket may miss datagrams the other holds in its batch,
+    so each waits in short timeouts until all have arrived."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(unix_path())
-    server.settimeout(10)
+    server.settimeout(0.05)
     clients = [socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(3)]
     for client in clients:
         client.bind(unix_path())
     receiver = core.DatagramReceiver(server)
     got: List[Tuple[bytes, Any]] = []
+    total = 600
+    deadline = threading.Event()
 
     def receive() -> None:
-        while True:
-            data, address = receiver.recv(200)
-            if data == b"end":
-                return
-            got.append((data, address))
+        while len(got) < total and not deadline.is_set():
+            try:
+                got.append(receiver.recv(200))
+            except socket.timeout:
+                pass
 
     threads = [threading.Thread(target=receive) for _ in range(2)]
     for t in threads:
         t.start()
     try:
         sent = []
-        for i in range(600):
+        for i in range(total):
             client = clients[i % 3]
             data = b"%s|%d" % (client.getsockname().encode(), i)
             client.sendto(data, server.getsockname())
             sent.append((data, client.getsockname()))
-        for _ in threads:
-            clients[0].sendto(b"end", server.getsockname())
         for t in threads:
             t.join(30)
+        deadline.set()
         assert not any(t.is_alive() for t in threads)
     finally:
+        deadline.set()
         _close_unix(server, *clients)
     assert sorted(got) == sorted(sent)
     assert all(data.split(b"|")[0].decode() == address for data, address in got)

@@ -36,18 +36,29 @@ cdef class DatagramReceiver:
     def pending(self):
         return self._count - self._next
 
+    def __sizeof__(self):
+        # The slots and their headers count, as a bytearray's allocation does.
+        cdef Py_ssize_t size = object.__sizeof__(self)
+        if self._msgs != NULL:
+            size += _MAX_BATCH * (sizeof(fs_mmsghdr) + sizeof(iovec)
+                                  + sizeof(sockaddr_storage))
+        return size + self._slot_size * self._batch
+
     def recv(self, max_packet_size):
         cdef Py_ssize_t size = max_packet_size
         if self._next < self._count:
             return self._pop(size)
         if not self._direct or self._busy or self._copying or size <= 0:
             return self._sock.recvfrom(max_packet_size)
-        if not _drivable(self._sock, _DGRAM_METHODS):
-            # The socket's class was patched since: its methods decide.
-            return self._sock.recvfrom(max_packet_size)
-        self._ensure_slots(size)
+        # Busy before anything that may run Python code and so switch
+        # threads (the checks, the contract's slot policy): the slots are
+        # this call's until the batch is in.
         self._busy = True
         try:
+            if not _drivable(self._sock, _DGRAM_METHODS):
+                # The socket's class was patched since: its methods decide.
+                return self._sock.recvfrom(max_packet_size)
+            self._ensure_slots(size)
             self._receive()
         finally:
             self._busy = False

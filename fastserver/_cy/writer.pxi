@@ -221,6 +221,10 @@ cdef class CoalescingWriter(_WriterBase):
     def pending(self):
         return self._len
 
+    def __sizeof__(self):
+        # The coalescing buffer counts, as a bytearray's allocation does.
+        return object.__sizeof__(self) + self._cap
+
     def close(self):
         if self._closed:
             return
