@@ -11,7 +11,6 @@
  *                                        see the function)
  *   fs_recvmmsg(fd, vec, vlen, flags)    recvmmsg(); else a recvmsg() loop
  *                                        honouring FS_MSG_WAITFORONE
- *   fs_sendmmsg(fd, vec, vlen, flags)    sendmmsg(); else a sendmsg() loop
  *   fs_waker_open(int fds[2])            eventfd (fds[0] == fds[1]); else a
  *                                        non-blocking, close-on-exec pipe
  *   fs_waker_signal(fd) / fs_waker_drain(fd)
@@ -193,25 +192,6 @@ static inline int fs_recvmmsg(int fd, fs_mmsghdr *vec, unsigned int vlen, int fl
         vec[i].msg_len = (unsigned int)n;
         if (waitforone)
             flags |= MSG_DONTWAIT;
-    }
-    return (int)vlen;
-#endif
-}
-
-/* sendmmsg(fd, vec, vlen, flags). As on Linux, an error after the first
- * message ends the batch and is not reported: the caller resends from the
- * first message not sent, and that send reports it. */
-static inline int fs_sendmmsg(int fd, fs_mmsghdr *vec, unsigned int vlen, int flags)
-{
-#if FS_HAVE_MMSG
-    return sendmmsg(fd, vec, vlen, flags);
-#else
-    unsigned int i;
-    for (i = 0; i < vlen; i++) {
-        ssize_t n = sendmsg(fd, &vec[i].msg_hdr, flags);
-        if (n < 0)
-            return i > 0 ? (int)i : -1;
-        vec[i].msg_len = (unsigned int)n;
     }
     return (int)vlen;
 #endif

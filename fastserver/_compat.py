@@ -1,7 +1,6 @@
 """The one place that chooses fastserver's core implementation.
 
-There are two cores with one interface (``fastserver/_pure.py`` describes
-it): the Cython extension ``fastserver._core`` (backend ``"cython"``) and
+There are two cores with one interface (``fastserver/_contract.py``): the Cython extension ``fastserver._core`` (backend ``"cython"``) and
 the pure-Python ``fastserver._pure`` (backend ``"python"``).
 
 Each server picks its core when it is constructed, from its ``backend``
@@ -77,14 +76,6 @@ def load_core(name: Optional[str]) -> ModuleType:
     return module
 
 
-def name_of(core: ModuleType) -> str:
-    """The backend name of a core module."""
-    for name, module_name in _MODULES.items():
-        if core.__name__ == module_name:
-            return name
-    raise ValueError("not a fastserver core: %r" % (core,))
-
-
 if TYPE_CHECKING:
     from . import _pure as default_core
 
@@ -98,6 +89,6 @@ else:
     else:
         default_core = load_core("python")
     #: The process default backend's name.
-    backend = name_of(default_core)
+    backend = default_core.BACKEND
 
-__all__ = ["BACKENDS", "backend", "default_core", "load_core", "name_of"]
+__all__ = ["BACKENDS", "backend", "default_core", "load_core"]

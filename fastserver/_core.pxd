@@ -1,5 +1,5 @@
-# Contracts of the Cython core. The behaviour is fastserver/_pure.py's; this
-# file says how the C side keeps it: which fields hold what, who may touch
+# Contracts of the Cython core. The behaviour is fastserver/_contract.py's;
+# this file says how the C side keeps it: which fields hold what, who may touch
 # them, and the order in which the methods call each other.
 #
 # Concurrency: every field below is read and written with the GIL held. The
@@ -7,6 +7,26 @@
 # syscalls (poll, recv, send, accept, recvmmsg), and those blocks touch only
 # C locals and memory that the calling method owns for the duration (see
 # each class). This is why the module declares freethreading_compatible=False.
+#
+# Free-threaded CPython (3.13t and later). Importing this module there turns
+# the GIL back on for the whole process (fastserver._compat picks the pure
+# core instead when the GIL is disabled). To run without the GIL, each object
+# below would need its own lock wherever the GIL now serialises it:
+# - StreamReader: _lock already covers every path that releases the GIL;
+#   the lock-free fast paths (read(n) and readline() from the buffer, the
+#   _readahead() checks) would have to take it too, as would close().
+# - CoalescingWriter: a lock around write()/_flush()/close() for _buf, _len
+#   and _cap (today _flush() detaches the buffer and relies on the GIL for
+#   the check-and-reattach); it must not be held across the send, or a
+#   reader flushing before its recv would wait on a blocked peer.
+# - DatagramReceiver: a lock for _busy, _copying, _next, _count and the slot
+#   geometry (_ensure_slots may realloc _data while another thread pops).
+# - ServeLoop: a lock for _wake_fd, so that shutdown()'s write and
+#   serve_forever()'s close of the waker stay ordered (pure uses one);
+#   _shutdown_request read with an atomic load.
+# - Module state: _drivable_cache and _plain_tag (a dict and a word: both
+#   need a lock or per-thread caches), and the version-tag read, which is
+#   not atomic with the type's modification there.
 
 cimport cython
 from libc.stdint cimport int64_t
@@ -22,29 +42,31 @@ cdef class ServeLoop:
     # The serve loop of one server (BaseServer._fs_loop).
     #
     # serve_forever(server, poll_interval):
-    #   _is_shut_down.clear() -> open a waker (eventfd, or a pipe) ->
-    #   publish its write end in _wake_fd -> loop:
+    #   take server.fileno() first (ValueError for a closed socket, -1) ->
+    #   _is_shut_down.clear() -> open a waker (eventfd, or a pipe; errno
+    #   copied before any Python code runs) -> publish its write end in
+    #   _wake_fd -> loop:
     #     server._fs_buffered.pending?  yes: ready without waiting
     #                                   no:  poll(waker, server fd) with the
     #                                        GIL released, PEP 475 retries
+    #     POLLNVAL on the server fd (server_close() under the loop) -> break
     #     _shutdown_request? -> break
     #     ready? -> server._handle_request_noblock()   (Python lookup: an
     #                                                   override wins)
     #     server.service_actions()
-    #   finally: _wake_fd = -1, close the waker, clear _shutdown_request,
-    #            _is_shut_down.set()
+    #   finally (and when the fd or the waker fails): _wake_fd = -1, close
+    #            the waker, clear _shutdown_request, _is_shut_down.set()
     # shutdown(): _shutdown_request = True -> one non-blocking write to
-    #   _wake_fd (if >= 0) -> _is_shut_down.wait(). The write and the close in
+    #   _wake_fd (if >= 0; any error but EAGAIN raises) ->
+    #   _is_shut_down.wait(). The write and the close in
     #   serve_forever's finally both run with the GIL held, so shutdown()
     #   never writes to a descriptor that was closed and reused.
-    # accept_failed(exc) sets the back-off that serve_forever() and
-    #   wait_for_request() honour; both only read it.
+    # accept_failed(exc) feeds _backoff (the contract's policy), whose
+    #   .until serve_forever() and wait_for_request() honour.
     cdef object _is_shut_down        # threading.Event, set while no serve_forever() runs
     cdef bint _shutdown_request      # set by shutdown(), cleared when serve_forever() returns
     cdef int _wake_fd                # waker write end while serve_forever() runs, else -1
-    cdef double _backoff_until       # time.monotonic() before which accept() is not retried
-    cdef double _backoff_delay       # the current back-off, BACKOFF_FIRST .. BACKOFF_MAX
-    cdef double _last_resource_error # time of the last EMFILE/ENFILE/ENOBUFS/ENOMEM
+    cdef object _backoff             # _contract.AcceptBackoff: the policy; .until is read here
 
 
 cdef class DatagramReceiver:
@@ -53,20 +75,31 @@ cdef class DatagramReceiver:
     # recv(size): _next < _count ? pop slot _next : _receive(size) then pop.
     #   _receive blocks like sock.recvfrom (timeout honoured) for the first
     #   datagram and takes whatever else is queued without blocking
-    #   (MSG_WAITFORONE). _pop formats the address and copies the data out,
-    #   so a slot is free again as soon as it is popped.
-    # _busy is set for the duration of _receive (the GIL is released then):
-    #   a second thread calling recv() meanwhile uses sock.recvfrom() instead
-    #   of the slots, which therefore never change under a receive.
+    #   (MSG_WAITFORONE). _pop claims slot _next (advances) with the GIL
+    #   held, then formats the address and copies the data out while
+    #   _copying > 0; the last copier to finish resets an exhausted batch.
+    # _busy is set for the duration of _receive (the GIL is released then),
+    # and _copying while a pop allocates (which may switch threads): a
+    # second thread calling recv() meanwhile, with no slot left to claim,
+    # uses sock.recvfrom() instead of the slots, which therefore never
+    # change under a receive or a copy.
+    # Slots: _contract.datagram_slots(max_packet_size) gives the slot size
+    #   (at least 64 KiB, so any UDP datagram fits whole) and their number
+    #   (at most 64, fewer for large sizes: the slots together stay within
+    #   DATAGRAM_SLOTS_BYTES); _ensure_slots resizes them to each call's.
+    # The socket's class is checked again on each batch (_drivable), so a
+    # class patched after the receiver was made is honoured.
     cdef object _sock                # .sock: the server socket (UDPServer compares identity);
                                      # assigning it recomputes _direct and drops the batch
     cdef bint _direct                # sock is a plain socket.socket of a family we format
     cdef bint _busy                  # a _receive() is in progress
+    cdef int _copying                # _pop()s copying a claimed slot out
     cdef int _count                  # datagrams in the slots of the last batch
     cdef int _next                   # the next slot to pop; pending == _count - _next
-    cdef Py_ssize_t _slot_size       # bytes per slot: max(largest max_packet_size, 64 KiB)
-    cdef char *_data                 # _BATCH * _slot_size bytes (PyMem)
-    cdef fs_mmsghdr *_msgs           # _BATCH headers, pointing into _data/_iov/_names
+    cdef int _batch                  # slots in use (datagrams per recvmmsg)
+    cdef Py_ssize_t _slot_size       # bytes per slot
+    cdef char *_data                 # _batch * _slot_size bytes (PyMem)
+    cdef fs_mmsghdr *_msgs           # 64 headers, pointing into _data/_iov/_names
     cdef iovec *_iov
     cdef sockaddr_storage *_names
 
@@ -96,10 +129,13 @@ cdef class SocketWriter(_WriterBase):
 
 
 cdef class CoalescingWriter(_WriterBase):
-    # write(b) appends to _buf and calls flush() once _len reaches _limit.
+    # write(b) appends to _buf and calls flush() once _len reaches _limit;
+    # a b of _limit bytes or more is not copied: _flush(), then b is sent
+    # from the caller's buffer.
     # _flush() detaches _buf (so a failed send loses the bytes, as in _pure,
     # and a write() from another thread during the send starts a fresh
-    # buffer), sends it, and reattaches it for reuse if no new one appeared.
+    # buffer), sends it, and reattaches it for reuse if no new one appeared
+    # and it is no larger than _contract.COALESCE_KEEP; else it is freed.
     # Callers: flush(), close(), and StreamReader._raw_read before each recv.
     cdef Py_ssize_t _limit           # send once this many bytes are pending
     cdef char *_buf                  # PyMem buffer, NULL until the first write

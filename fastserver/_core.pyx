@@ -1,12 +1,12 @@
 # cython: language_level=3
 """The Cython core: serve loop, stream reader/writer and datagram receive.
 
-This is one of the two implementations of fastserver's core interface; the
-other is the pure-Python ``fastserver._pure``, whose module docstring
-describes the interface. Both expose the same names with the same behaviour
-and the same docstrings. The contracts of the C side (fields, locking, call
-order) are in ``_core.pxd``; every POSIX declaration is in
-``includes/system.pxd`` and every platform difference in ``csrc/compat.h``.
+One of the two implementations of the interface in ``fastserver._contract``,
+which documents it and holds the policy both share; the other is the
+pure-Python ``fastserver._pure``, which this module never imports. The
+contracts of the C side (fields, locking, call order) are in ``_core.pxd``;
+every POSIX declaration is in ``includes/system.pxd`` and every platform
+difference in ``csrc/compat.h``.
 
 The source is split by concern:
 
@@ -37,13 +37,16 @@ import io as _io
 import socket as _socket
 import threading as _threading
 
-from fastserver import _pure
+from fastserver import _contract
+from fastserver._contract import (BACKOFF_FIRST, BACKOFF_MAX, RESOURCE_ERRNOS,
+                                  AcceptBackoff as _AcceptBackoff,
+                                  closed_socket_error as _closed_socket_error,
+                                  poll_ms as _poll_ms)
+from fastserver._sockfile import open_file_stream as _open_file_stream
 
-# The interface, its constants and their values are _pure's: one definition
-# for both cores.
-__all__ = list(_pure.__all__)
-from fastserver._pure import BACKOFF_FIRST, BACKOFF_MAX, RESOURCE_ERRNOS
-cdef double _BACKOFF_RESET = _pure._BACKOFF_RESET
+__all__ = list(_contract.INTERFACE)
+
+BACKEND = "cython"
 
 include "_cy/sysio.pxi"
 include "_cy/loop.pxi"

@@ -1,25 +1,13 @@
 """The pure-Python core: serve loop, stream reader/writer and datagram receive.
 
-This is one of the two implementations of fastserver's core interface; the
-other is the Cython extension ``fastserver._core``. ``fastserver._compat`` is
-the only module that chooses between them. Both expose the same names with the
-same behaviour and the same docstrings:
-
-- ``ServeLoop``: runs ``serve_forever`` for one server, waits for a request
-  with a timeout for ``handle_request``, wakes at once for ``shutdown()`` and
-  backs off when ``accept()`` runs out of descriptors or memory.
-- ``accept(sock)``: the default ``TCPServer.get_request``.
-- ``DatagramReceiver``: the default ``UDPServer.get_request``.
-- ``sendto(sock, data, address)``: the reply of a ``DatagramRequestHandler``.
-- ``open_stream(sock, rbufsize, wbufsize, coalesce_limit)``: the ``rfile`` and
-  ``wfile`` pair of a ``StreamRequestHandler``.
-- ``SocketWriter`` and ``CoalescingWriter``: the two unbuffered-by-default
-  writers behind ``wfile``.
+One of the two implementations of the interface in ``fastserver._contract``,
+which documents it and holds the policy both share; the other is the Cython
+extension ``fastserver._core``. ``fastserver._compat`` chooses between them.
+This module holds the mechanism only.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import select
@@ -28,30 +16,14 @@ import threading
 from time import monotonic
 from typing import Any, Optional, Tuple
 
-__all__ = [
-    "ServeLoop",
-    "accept",
-    "DatagramReceiver",
-    "sendto",
-    "open_stream",
-    "SocketWriter",
-    "CoalescingWriter",
-    "RESOURCE_ERRNOS",
-    "BACKOFF_FIRST",
-    "BACKOFF_MAX",
-]
+from . import _contract
+from ._contract import (BACKOFF_FIRST, BACKOFF_MAX, RESOURCE_ERRNOS, AcceptBackoff,
+                        closed_socket_error, poll_ms)
+from ._sockfile import open_file_stream
 
-#: accept() errors that mean "out of descriptors or memory": retrying at once
-#: cannot succeed, so the loop backs off instead of spinning.
-RESOURCE_ERRNOS = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-)
-#: The first back-off after a resource error, and the cap it doubles up to.
-#: The cap bounds how late a freed descriptor is noticed.
-BACKOFF_FIRST = 0.005
-BACKOFF_MAX = 0.1
-# A resource error later than this after the previous one starts afresh.
-_BACKOFF_RESET = 1.0
+__all__ = list(_contract.INTERFACE)
+
+BACKEND = "python"
 
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
@@ -60,26 +32,18 @@ _POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 def _make_waker() -> Tuple[int, int]:
     """Return (read_fd, write_fd) of a non-blocking self-pipe."""
     rfd, wfd = os.pipe()
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
+    try:
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+    except BaseException:
+        os.close(rfd)
+        os.close(wfd)
+        raise
     return rfd, wfd
 
 
 class ServeLoop:
-    """The serve loop of one server.
-
-    Methods for the server:
-    - serve_forever(server, poll_interval)
-    - shutdown()
-    - wait_for_request(server, timeout) -> bool
-    - accept_failed(exc)
-
-    The loop calls back into the server only through its public or
-    overridable methods: fileno(), _handle_request_noblock() and
-    service_actions(). A server's ``_fs_buffered`` attribute, when not None,
-    is a DatagramReceiver whose ``pending`` requests are served without
-    waiting.
-    """
+    """See fastserver._contract.ServeLoop."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -87,52 +51,26 @@ class ServeLoop:
         # Set while no serve_forever() runs in this loop; shutdown() waits on it.
         self._is_shut_down = threading.Event()
         self._wake_fd = -1
-        self._backoff_until = 0.0
-        self._backoff_delay = 0.0
-        self._last_resource_error = -_BACKOFF_RESET
+        self._backoff = AcceptBackoff()
 
     def serve_forever(self, server: Any, poll_interval: float = 0.5) -> None:
-        """Handle requests until shutdown(); run service_actions() at least
-        once per poll_interval."""
-        self._is_shut_down.clear()
-        rfd, wfd = _make_waker()
+        try:
+            # The listening descriptor first: opening the waker releases the
+            # GIL, and a server_close() that runs then must not be mistaken
+            # for a socket closed before serve_forever() was called.
+            fd = _listening_fd(server)
+            self._is_shut_down.clear()
+            rfd, wfd = _make_waker()
+        except BaseException:
+            self._shutdown_request = False
+            self._is_shut_down.set()
+            raise
         with self._lock:
             self._wake_fd = wfd
         try:
-            poller = select.poll()
-            fd = server.fileno()
-            poller.register(rfd, select.POLLIN)
-            poller.register(fd, _POLLIN)
-            listening = True
-            interval_ms = _poll_ms(poll_interval)
-            while not self._shutdown_request:
-                buffered = server._fs_buffered
-                if buffered is not None and buffered.pending:
-                    ready = True
-                else:
-                    wait_ms = interval_ms
-                    delay = self._backoff_until - monotonic()
-                    if delay > 0:
-                        # Out of descriptors: wait on the waker alone.
-                        if listening:
-                            poller.unregister(fd)
-                            listening = False
-                        delay_ms = _poll_ms(delay)
-                        wait_ms = delay_ms if wait_ms < 0 else min(wait_ms, delay_ms)
-                    elif not listening:
-                        poller.register(fd, _POLLIN)
-                        listening = True
-                    ready = False
-                    for efd, _ in poller.poll(wait_ms):
-                        if efd == rfd:
-                            _drain(rfd)
-                        else:
-                            ready = True
-                if self._shutdown_request:
-                    break
-                if ready:
-                    server._handle_request_noblock()
-                server.service_actions()
+            if server.fileno() != fd:
+                return  # closed while the waker opened: leave as shutdown would
+            self._run(server, fd, rfd, poll_ms(poll_interval))
         finally:
             with self._lock:
                 self._wake_fd = -1
@@ -141,12 +79,44 @@ class ServeLoop:
             self._shutdown_request = False
             self._is_shut_down.set()
 
-    def shutdown(self) -> None:
-        """Stop serve_forever() and wait until it has returned.
+    def _run(self, server: Any, fd: int, rfd: int, interval_ms: int) -> None:
+        poller = select.poll()
+        poller.register(rfd, select.POLLIN)
+        poller.register(fd, _POLLIN)
+        listening = True
+        backoff = self._backoff
+        while not self._shutdown_request:
+            buffered = server._fs_buffered
+            if buffered is not None and buffered.pending:
+                ready = True
+            else:
+                wait_ms = interval_ms
+                delay = backoff.until - monotonic()
+                if delay > 0:
+                    # Out of descriptors: wait on the waker alone.
+                    if listening:
+                        poller.unregister(fd)
+                        listening = False
+                    delay_ms = poll_ms(delay)
+                    wait_ms = delay_ms if wait_ms < 0 else min(wait_ms, delay_ms)
+                elif not listening:
+                    poller.register(fd, _POLLIN)
+                    listening = True
+                ready = False
+                for efd, events in poller.poll(wait_ms):
+                    if efd == rfd:
+                        _drain(rfd)
+                    elif events & select.POLLNVAL:
+                        return  # server_close() under the loop: leave quietly
+                    else:
+                        ready = True
+            if self._shutdown_request:
+                break
+            if ready:
+                server._handle_request_noblock()
+            server.service_actions()
 
-        Called before serve_forever(), it makes the next serve_forever()
-        return at once; as in socketserver, it waits for that to happen.
-        """
+    def shutdown(self) -> None:
         self._shutdown_request = True
         with self._lock:
             if self._wake_fd >= 0:
@@ -157,47 +127,27 @@ class ServeLoop:
         self._is_shut_down.wait()
 
     def wait_for_request(self, server: Any, timeout: Optional[float]) -> bool:
-        """Wait until server.fileno() is readable; False once timeout expires.
-
-        timeout None waits forever. A back-off still in force after an
-        accept() resource error is slept off first, within the timeout.
-        """
         buffered = server._fs_buffered
         if buffered is not None and buffered.pending:
             return True
+        fd = _listening_fd(server)
         deadline = None if timeout is None else monotonic() + timeout
-        delay = self._backoff_until - monotonic()
-        if delay > 0:
-            if deadline is not None and deadline - monotonic() < delay:
-                _sleep_until(deadline)
-                return False
-            _sleep_until(monotonic() + delay)
+        if not self._backoff.sleep_off(deadline):
+            return False
         poller = select.poll()
-        poller.register(server.fileno(), _POLLIN)
+        poller.register(fd, _POLLIN)
         remaining = None if deadline is None else max(0.0, deadline - monotonic())
-        return bool(poller.poll(_poll_ms(remaining)))
+        return bool(poller.poll(poll_ms(remaining)))
 
     def accept_failed(self, exc: OSError) -> None:
-        """Note that get_request() raised exc; back off if it ran out of
-        resources."""
-        if exc.errno not in RESOURCE_ERRNOS:
-            return
-        now = monotonic()
-        if now - self._last_resource_error > _BACKOFF_RESET:
-            self._backoff_delay = BACKOFF_FIRST
-        else:
-            self._backoff_delay = min(self._backoff_delay * 2, BACKOFF_MAX)
-        self._last_resource_error = now
-        self._backoff_until = now + self._backoff_delay
+        self._backoff.failed(exc)
 
 
-def _poll_ms(seconds: Optional[float]) -> int:
-    """poll() takes whole milliseconds; round up so that we never spin."""
-    if seconds is None:
-        return -1
-    if seconds <= 0:
-        return 0
-    return max(1, int(seconds * 1000 + 0.999))
+def _listening_fd(server: Any) -> int:
+    fd: int = server.fileno()
+    if fd < 0:
+        raise closed_socket_error(fd)
+    return fd
 
 
 def _drain(fd: int) -> None:
@@ -208,17 +158,8 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _sleep_until(deadline: float) -> None:
-    # poll() with no descriptors is an interruptible sleep that honours PEP 475.
-    select.poll().poll(_poll_ms(deadline - monotonic()))
-
-
 def accept(sock: socket.socket, nodelay: bool = False) -> Tuple[socket.socket, Any]:
-    """Accept one connection on sock: (connection, client_address).
-
-    With nodelay true, a TCP connection (IPv4 or IPv6) gets TCP_NODELAY
-    before it is returned; other families are left as they are.
-    """
+    """See fastserver._contract.Core.accept."""
     conn, address = sock.accept()
     if nodelay and conn.family in _TCP_FAMILIES:
         try:
@@ -231,14 +172,7 @@ def accept(sock: socket.socket, nodelay: bool = False) -> Tuple[socket.socket, A
 
 
 class DatagramReceiver:
-    """Receives the datagrams of one server socket.
-
-    ``recv(max_packet_size)`` returns (data, client_address) and truncates
-    longer datagrams, as recvfrom() does. ``pending`` counts datagrams
-    already received and not yet returned: the Cython core receives in
-    recvmmsg() batches; the pure core receives one datagram per call, so
-    its count is always 0.
-    """
+    """See fastserver._contract.DatagramReceiver."""
 
     pending = 0
 
@@ -250,20 +184,12 @@ class DatagramReceiver:
 
 
 def sendto(sock: socket.socket, data: Any, address: Any) -> int:
-    """sock.sendto(data, address): a DatagramRequestHandler's reply.
-
-    The Cython core first tries one non-blocking send with the GIL held
-    when the address is numeric (as every address a server receives
-    from is): UDP rarely lacks buffer room, and releasing the GIL for
-    every reply hands it to another handler thread and then waits to get
-    it back. Anything else, or a full buffer, is sock.sendto() itself.
-    """
+    """See fastserver._contract.Core.sendto."""
     return sock.sendto(data, address)
 
 
 class SocketWriter(io.BufferedIOBase):
-    """wfile for wbufsize == 0: every write() is sent in full before it
-    returns, and returns the number of bytes written."""
+    """See fastserver._contract.SocketWriter."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -282,13 +208,7 @@ class SocketWriter(io.BufferedIOBase):
 
 
 class CoalescingWriter(io.BufferedIOBase):
-    """wfile for coalesce_writes: write() only appends to a buffer.
-
-    The buffer is sent in one sendall() on flush(), when it reaches
-    ``limit`` bytes, when the paired reader is about to block for more
-    input, and when the handler's handle() returns. write() returns the
-    number of bytes accepted.
-    """
+    """See fastserver._contract.CoalescingWriter."""
 
     def __init__(self, sock: socket.socket, limit: int) -> None:
         self._sock = sock
@@ -303,6 +223,11 @@ class CoalescingWriter(io.BufferedIOBase):
             raise ValueError("write to closed file")
         with memoryview(b) as view:
             n = view.nbytes
+            if n >= self._limit:
+                # Sent at once anyway: after the buffer, without a copy.
+                self.flush()
+                self._sock.sendall(view)
+                return n
             self._buf += view
         if len(self._buf) >= self._limit:
             self.flush()
@@ -319,8 +244,10 @@ class CoalescingWriter(io.BufferedIOBase):
 
     @property
     def pending(self) -> int:
-        """Bytes written but not yet sent."""
         return len(self._buf)
+
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + self._buf.__sizeof__()
 
     def close(self) -> None:
         if self.closed:
@@ -334,42 +261,9 @@ class CoalescingWriter(io.BufferedIOBase):
         return self._sock.fileno()
 
 
-class _FlushingSocketIO(socket.SocketIO):
-    """A raw socket reader that sends the paired writer's buffer before
-    every recv, that is, before the handler can block for more input."""
-
-    def __init__(self, sock: socket.socket, writer: CoalescingWriter) -> None:
-        super().__init__(sock, "rb")
-        self._writer = writer
-
-    def readinto(self, b: Any) -> Optional[int]:
-        writer = self._writer
-        if writer._buf and not writer.closed:
-            writer.flush()
-        return super().readinto(b)
-
-
 def open_stream(
     sock: socket.socket, rbufsize: int, wbufsize: int, coalesce_limit: int
 ) -> Tuple[Any, Any]:
-    """Return (rfile, wfile) for a connected stream socket.
-
-    rfile reads like ``sock.makefile('rb', rbufsize)``. wfile is a
-    SocketWriter when wbufsize is 0, else ``sock.makefile('wb', wbufsize)``;
-    a coalesce_limit above 0 makes it a CoalescingWriter of that limit whose
-    buffer rfile sends before each receive.
-    """
-    if coalesce_limit <= 0:
-        rfile = sock.makefile("rb", rbufsize)
-        if wbufsize == 0:
-            return rfile, SocketWriter(sock)
-        return rfile, sock.makefile("wb", wbufsize)
-    writer = CoalescingWriter(sock, coalesce_limit)
-    raw = _FlushingSocketIO(sock, writer)
-    # makefile() counts its files so that sock.close() keeps the descriptor
-    # open until they are closed too; SocketIO.close() undoes this.
-    sock._io_refs += 1  # type: ignore[attr-defined]
-    if rbufsize == 0:
-        return raw, writer
-    size = io.DEFAULT_BUFFER_SIZE if rbufsize < 0 else rbufsize
-    return io.BufferedReader(raw, size), writer
+    """See fastserver._contract.Core.open_stream."""
+    return open_file_stream(sock, rbufsize, wbufsize, coalesce_limit,
+                            SocketWriter, CoalescingWriter)

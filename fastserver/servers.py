@@ -93,7 +93,7 @@ class BaseServer:
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self._fs_core = _compat.load_core(self.backend)
-        self.backend = _compat.name_of(self._fs_core)
+        self.backend = self._fs_core.BACKEND
         self._fs_loop = self._fs_core.ServeLoop()
 
     def server_activate(self) -> None:

@@ -14,6 +14,7 @@ scheduler made of it, and peek()/read1() results are deterministic.
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import fcntl
 import socket
@@ -26,6 +27,8 @@ from typing import Any, List, Tuple
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from core_modules import core, cython, pure  # noqa: F401 - core: the fixture
 
 TIMEOUT = 0.1   # the reader's socket timeout in the "stall" ending
 
@@ -128,6 +131,17 @@ def _run(open_rfile: Any, payload: bytes, cuts: List[int], eof: bool,
     return log
 
 
+# Each core's own reader: the Cython StreamReader, plain and paired with a
+# coalescing writer, and the pure core's BufferedReader over its flushing
+# SocketIO. (The pure core's plain rfile is sock.makefile('rb') itself: a
+# comparison with the reference would be a comparison with itself.)
+READERS = [pytest.param(pure, 64, id="python-coalescing")]
+if cython is not None:
+    READERS[:0] = [pytest.param(cython, 0, id="cython"),
+                   pytest.param(cython, 64, id="cython-coalescing")]
+
+
+@pytest.mark.parametrize("core,coalesce_limit", READERS)
 @settings(max_examples=int(os.environ.get("FS_DIFF_EXAMPLES", "40")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                  HealthCheck.too_slow])
@@ -137,17 +151,20 @@ def _run(open_rfile: Any, payload: bytes, cuts: List[int], eof: bool,
        ending=st.sampled_from(["eof", "eof-blocking", "stall"]),
        calls=st.lists(ops, min_size=1, max_size=25),
        close_at=st.integers(0, 60))
-def test_rfile_matches_buffered_reader(impl: Any, payload: bytes, cuts: List[int],
-                                       rbufsize: int, ending: str,
+def test_rfile_matches_buffered_reader(core: Any, coalesce_limit: int, payload: bytes,
+                                       cuts: List[int], rbufsize: int, ending: str,
                                        calls: List[Tuple[str, Any]],
                                        close_at: int) -> None:
-    core = impl.core
     eof = ending != "stall"
     blocking = ending == "eof-blocking"
 
+    writers: List[Any] = []
+
     def ours(sock: socket.socket) -> Any:
-        rfile, wfile = core.open_stream(sock, rbufsize, 0, 0)
-        wfile.close()
+        rfile, wfile = core.open_stream(sock, rbufsize, 0, coalesce_limit)
+        writers.append(wfile)
+        if coalesce_limit:
+            wfile.write(b"!")   # pending: the first receive sends it first
         return rfile
 
     def reference(sock: socket.socket) -> Any:
@@ -155,17 +172,18 @@ def test_rfile_matches_buffered_reader(impl: Any, payload: bytes, cuts: List[int
 
     expected = _run(reference, payload, cuts, eof, blocking, calls, close_at)
     got = _run(ours, payload, cuts, eof, blocking, calls, close_at)
+    with contextlib.suppress(OSError):   # "!" unsent when nothing was read
+        writers[0].close()
     assert got == expected
 
 
 @pytest.mark.parametrize("rbufsize", [-1, 3])
-def test_rfile_timeout_then_timed_out_object(impl: Any, rbufsize: int) -> None:
+def test_rfile_timeout_then_timed_out_object(core: Any, rbufsize: int) -> None:
     """A timeout discards what the call had gathered; the raw stream then
     refuses to read, but buffered bytes are still returned."""
-    core = impl.core
     results = []
     for opener in (lambda s: s.makefile("rb", rbufsize),
-                   lambda s: core.open_stream(s, rbufsize, 0, 0)[0]):
+                   lambda s: core.open_stream(s, rbufsize, 0, 10)[0]):
         a, b = socket.socketpair()
         a.settimeout(0.05)
         rfile = opener(a)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import array
 import errno
-import inspect
 import io
 import os
 import signal
@@ -22,8 +21,6 @@ import pytest
 
 from conftest import FASTSERVER_IMPLS, HOST, unix_path
 
-import fastserver._pure as pure
-
 
 def core_of(impl: Any) -> Any:
     return impl.core
@@ -36,26 +33,6 @@ on_cython = pytest.mark.parametrize(
 
 
 # --- the interface -------------------------------------------------------------
-
-def test_same_names_and_docstrings(impl: Any) -> None:
-    core = core_of(impl)
-    assert sorted(core.__all__) == sorted(pure.__all__)
-    for name in pure.__all__:
-        ours, ref = getattr(core, name), getattr(pure, name)
-        if not callable(ref):
-            assert ours == ref, name
-            continue
-        assert inspect.getdoc(ours) == inspect.getdoc(ref), name
-        if isinstance(ref, type):
-            for attr, value in vars(ref).items():
-                if attr.startswith("_") or not isinstance(
-                        value, (property, type(lambda: None))):
-                    continue
-                # 3.13 dedents Python docstrings at compile time; Cython's
-                # keep their indentation: compare them cleaned.
-                assert inspect.cleandoc(getattr(ours, attr).__doc__ or "") == \
-                    inspect.cleandoc(value.__doc__ or ""), (name, attr)
-
 
 def test_stream_objects_are_buffered_io(impl: Any) -> None:
     core = core_of(impl)
@@ -266,35 +243,6 @@ def test_rfile_honours_settimeout_after_open(impl: Any) -> None:
 
 
 @on_cython
-def test_rfile_shared_between_threads(impl: Any) -> None:
-    # io.BufferedReader itself can interleave lines here (its readline fast
-    # path runs unlocked while SocketIO.readinto runs Python code); the C
-    # reader never releases the GIL outside its lock.
-    core = core_of(impl)
-    a, b = socket.socketpair()
-    rfile, wfile = core.open_stream(a, 16, 0, 0)
-    lines = [b"%05d\n" % i for i in range(3000)]
-    got: list = []
-
-    def reader() -> None:
-        for line in rfile:
-            got.append(line)
-
-    threads = [threading.Thread(target=reader) for _ in range(3)]
-    for t in threads:
-        t.start()
-    b.sendall(b"".join(lines))
-    b.shutdown(socket.SHUT_WR)
-    for t in threads:
-        t.join(10)
-    rfile.close()
-    wfile.close()
-    a.close()
-    b.close()
-    assert sorted(got) == lines
-
-
-@on_cython
 @pytest.mark.parametrize("rbufsize", [0, -1])
 def test_open_stream_paths(impl: Any, rbufsize: int) -> None:
     core = core_of(impl)
@@ -488,80 +436,3 @@ def test_datagram_receiver_unix_unbound_and_abstract(impl: Any) -> None:
         unbound.close()
         abstract.close()
         _close_dgram(server)
-
-
-# --- the serve loop ------------------------------------------------------------
-
-class _Server:
-    _fs_buffered = None
-
-    def __init__(self, core: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((HOST, 0))
-        self.sock.listen()
-        self.loop = core.ServeLoop()
-        self.actions = 0
-        self.handled = 0
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def _handle_request_noblock(self) -> None:
-        conn, _ = self.sock.accept()
-        conn.close()
-        self.handled += 1
-
-    def service_actions(self) -> None:
-        self.actions += 1
-
-
-def test_shutdown_is_immediate_and_loop_restarts(impl: Any) -> None:
-    core = core_of(impl)
-    server = _Server(core)
-    with server.sock:
-        for round_ in range(2):
-            thread = threading.Thread(target=server.loop.serve_forever,
-                                      args=(server, 30.0))
-            thread.start()
-            time.sleep(0.05)
-            socket.create_connection(server.sock.getsockname()).close()
-            deadline = time.monotonic() + 5
-            while server.handled == round_ and time.monotonic() < deadline:
-                time.sleep(0.005)
-            start = time.monotonic()
-            server.loop.shutdown()
-            assert time.monotonic() - start < 0.5
-            thread.join(5)
-            assert not thread.is_alive()
-        assert server.handled >= 2 and server.actions >= 2
-
-
-def test_shutdown_before_serve_forever(impl: Any) -> None:
-    core = core_of(impl)
-    server = _Server(core)
-    with server.sock:
-        stopper = threading.Thread(target=server.loop.shutdown)
-        stopper.start()
-        time.sleep(0.05)
-        assert stopper.is_alive()          # waits for serve_forever to run
-        start = time.monotonic()
-        server.loop.serve_forever(server, 30.0)
-        assert time.monotonic() - start < 1
-        stopper.join(5)
-        assert not stopper.is_alive()
-        assert server.actions == 0
-
-
-def test_wait_for_request_and_backoff(impl: Any) -> None:
-    core = core_of(impl)
-    server = _Server(core)
-    with server.sock:
-        assert server.loop.wait_for_request(server, 0.02) is False
-        client = socket.create_connection(server.sock.getsockname())
-        assert server.loop.wait_for_request(server, 1.0) is True
-        server.loop.accept_failed(OSError(errno.EMFILE, "too many"))
-        start = time.monotonic()
-        assert server.loop.wait_for_request(server, 1.0) is True
-        assert time.monotonic() - start >= core.BACKOFF_FIRST * 0.8
-        server.loop.accept_failed(OSError(errno.ECONNABORTED, "aborted"))
-        client.close()

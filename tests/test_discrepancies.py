@@ -174,3 +174,33 @@ def test_tcp_nodelay_is_on_by_default(impl: Impl) -> None:
     assert nodelay(socketserver) == b"0\n"
     assert nodelay(impl.ss, disable_nagle_algorithm=False) == b"0\n"
     assert nodelay(socketserver, disable_nagle_algorithm=False) == b"0\n"
+
+
+def test_server_close_under_the_loop_ends_it(impl: Impl) -> None:
+    """server_close() while serve_forever() runs in another thread: the
+    fastserver loop sees the closed descriptor (POLLNVAL) at its next poll
+    and returns quietly, as if shutdown() had been called. socketserver's
+    loop finds the descriptor "ready" forever, fails accept() with EBADF
+    and spins at full CPU until shutdown()."""
+    def still_serving(ss: Any) -> bool:
+        polled = threading.Event()
+
+        class Server(ss.TCPServer):  # type: ignore[name-defined,misc]
+            def service_actions(self) -> None:
+                polled.set()
+
+        server = Server((HOST, 0), ss.BaseRequestHandler)
+        thread = threading.Thread(target=server.serve_forever,
+                                  kwargs={"poll_interval": 0.02})
+        thread.start()
+        try:
+            assert polled.wait(10)
+            server.server_close()
+            thread.join(2)
+            return thread.is_alive()
+        finally:
+            server.shutdown()
+            thread.join(10)
+
+    assert still_serving(impl.ss) is False
+    assert still_serving(socketserver) is True

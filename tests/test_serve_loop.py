@@ -3,12 +3,15 @@ plus fastserver's prompt shutdown."""
 
 from __future__ import annotations
 
+import errno
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, List
 
-from conftest import HOST, Impl, connect, recv_until, serving
+from conftest import HOST, Impl, backend_env, connect, recv_until, serving
 
 
 def echo_handler(ss: Any) -> type:
@@ -30,17 +33,8 @@ def test_serves_many_clients(ref_impl: Impl) -> None:
                     assert recv_until(client) == b"line %d\n" % i
 
 
-def test_shutdown_does_not_wait_for_poll_interval(impl: Impl) -> None:
-    server = impl.ss.TCPServer((HOST, 0), echo_handler(impl.ss))
-    with serving(server, poll_interval=5):
-        time.sleep(0.1)  # let the loop block in its wait
-        start = time.monotonic()
-        server.shutdown()
-        elapsed = time.monotonic() - start
-    assert elapsed < 0.5
-
-
 def test_shutdown_wakes_udp_server(impl: Impl) -> None:
+    # The TCP case, against socketserver, is in test_discrepancies.
     server = impl.ss.UDPServer((HOST, 0), impl.ss.DatagramRequestHandler)
     with serving(server, poll_interval=5):
         time.sleep(0.1)
@@ -184,3 +178,125 @@ def test_handle_request_without_timeout_waits(ref_impl: Impl) -> None:
             client.shutdown(socket.SHUT_WR)
             assert recv_until(client) == b"late\n"
         assert done.wait(5)
+
+
+# --- a closed server socket (issue 17) ------------------------------------------
+
+def test_closed_socket_raises_value_error(ref_impl: Impl) -> None:
+    """serve_forever() and handle_request() on a server whose socket is
+    already closed raise ValueError at once, as socketserver's selector does;
+    the loop is then shut down, so shutdown() does not wait."""
+    ss = ref_impl.ss
+    for timeout in (None, 30.0):
+        server = ss.TCPServer((HOST, 0), ss.BaseRequestHandler)
+        server.timeout = timeout
+        server.server_close()
+        outcomes = []
+        for call in (server.handle_request,
+                     lambda: server.serve_forever(poll_interval=30)):
+            done = threading.Event()
+
+            def run() -> None:
+                try:
+                    call()
+                    outcomes.append("returned")
+                except ValueError:
+                    outcomes.append("ValueError")
+                finally:
+                    done.set()
+
+            threading.Thread(target=run, daemon=True).start()
+            assert done.wait(10), "blocked on a closed socket"
+        stopper = threading.Thread(target=server.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive()
+        assert outcomes == ["ValueError", "ValueError"]
+
+
+def test_server_close_racing_serve_forever(impl: Impl) -> None:
+    """Start serve_forever() in a thread, then at once server_close() and
+    shutdown(), as many servers' own test suites do: no exception escapes
+    the serving thread, and the loop has stopped when shutdown() returns.
+
+    A close that wins the race before serve_forever() is even called is the
+    closed-socket case, which raises ValueError (as in socketserver); an
+    override of serve_forever() tells those rounds apart."""
+    ss = impl.ss
+
+    class Server(ss.ThreadingMixIn, ss.TCPServer):  # type: ignore[name-defined,misc]
+        stopped = False
+        late_actions = 0
+        closed_at_start = False
+
+        def serve_forever(self, poll_interval: float = 0.5) -> None:
+            self.closed_at_start = self.socket.fileno() < 0
+            super().serve_forever(poll_interval)
+
+        def service_actions(self) -> None:
+            if self.stopped:
+                self.late_actions += 1
+            super().service_actions()
+
+    def serve(server: Any, escaped: List[BaseException], returned: threading.Event) -> None:
+        try:
+            server.serve_forever(poll_interval=0.01)
+        except BaseException as exc:  # noqa: BLE001 - checked by the test
+            escaped.append(exc)
+        finally:
+            returned.set()
+
+    deadline = time.monotonic() + 120   # a generous bound for the whole run
+    bad: List[Any] = []
+    for round_ in range(300):
+        server = Server((HOST, 0), ss.BaseRequestHandler)
+        escaped: List[BaseException] = []
+        returned = threading.Event()
+        thread = threading.Thread(target=serve, args=(server, escaped, returned))
+        thread.start()
+        server.server_close()
+        server.shutdown()
+        server.stopped = True
+        # shutdown() returned: the loop has left, so nothing but the return
+        # from serve_forever() is left for the thread to do.
+        assert returned.wait(10)
+        thread.join(10)
+        assert not thread.is_alive()
+        expected = [ValueError] if server.closed_at_start else []
+        if [type(exc) for exc in escaped] != expected or server.late_actions:
+            bad.append((round_, escaped, server.late_actions))
+        assert time.monotonic() < deadline, "300 rounds took over two minutes"
+    assert bad == []
+
+
+WAKER_SCRIPT = r"""
+import os, resource, threading
+import fastserver as ss
+server = ss.TCPServer(("127.0.0.1", 0), ss.BaseRequestHandler)
+resource.setrlimit(resource.RLIMIT_NOFILE,
+                   (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+filler = []
+try:
+    while True:
+        filler.append(os.dup(0))
+except OSError:
+    pass
+try:
+    server.serve_forever(poll_interval=30)
+    print("serve_forever returned")
+except OSError as exc:
+    print("serve_forever raised", exc.errno)
+stopper = threading.Thread(target=server.shutdown, daemon=True)
+stopper.start()
+stopper.join(10)
+print("shutdown", "hung" if stopper.is_alive() else "returned")
+"""
+
+
+def test_waker_that_cannot_open_leaves_the_loop_shut_down(impl: Impl) -> None:
+    """Out of descriptors, serve_forever() cannot open its waker: it raises
+    EMFILE, and the loop counts as shut down, so shutdown() returns."""
+    out = subprocess.run([sys.executable, "-c", WAKER_SCRIPT], capture_output=True,
+                         text=True, timeout=60, env=backend_env(impl.name))
+    assert out.stdout.splitlines() == [
+        "serve_forever raised %d" % errno.EMFILE, "shutdown returned"], out.stderr

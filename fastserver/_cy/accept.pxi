@@ -6,11 +6,7 @@ _sock_proto = _socket.socket.proto.__get__     # them on (without enums)
 
 
 def accept(sock, nodelay=False):
-    """Accept one connection on sock: (connection, client_address).
-
-    With nodelay true, a TCP connection (IPv4 or IPv6) gets TCP_NODELAY
-    before it is returned; other families are left as they are.
-    """
+    """See fastserver._contract.Core.accept."""
     cdef sockaddr_storage addr
     cdef socklen_t addrlen = 0
     cdef int64_t timeout, deadline

@@ -1,23 +1,18 @@
 # DatagramReceiver: UDPServer.get_request's default. See _core.pxd.
 
+# The batch and slot bounds are the contract's policy (datagram_slots):
+# slots hold any UDP datagram whole, so each recv() cuts at the
+# max_packet_size of its own call, as recvfrom() would even when the
+# attribute changes between calls; a larger max_packet_size gets fewer
+# slots. Only the touched part of a slot is ever paged in.
 cdef enum:
-    _BATCH = 64     # datagrams per recvmmsg()
-    # Slots hold any UDP datagram whole (the largest is 65535 bytes), so each
-    # recv() cuts at the max_packet_size of its own call, as recvfrom() would
-    # even when the attribute changes between calls. Only the touched part
-    # of a slot is ever paged in.
-    _MIN_SLOT = 65536
+    _MAX_BATCH = 64     # _contract.DATAGRAM_BATCH: the headers allocated
+assert _MAX_BATCH == _contract.DATAGRAM_BATCH
+_datagram_slots = _contract.datagram_slots
 
 
 cdef class DatagramReceiver:
-    """Receives the datagrams of one server socket.
-
-    ``recv(max_packet_size)`` returns (data, client_address) and truncates
-    longer datagrams, as recvfrom() does. ``pending`` counts datagrams
-    already received and not yet returned: the Cython core receives in
-    recvmmsg() batches; the pure core receives one datagram per call, so
-    its count is always 0.
-    """
+    """See fastserver._contract.DatagramReceiver."""
 
     def __init__(self, sock):
         self.sock = sock
@@ -41,15 +36,29 @@ cdef class DatagramReceiver:
     def pending(self):
         return self._count - self._next
 
+    def __sizeof__(self):
+        # The slots and their headers count, as a bytearray's allocation does.
+        cdef Py_ssize_t size = object.__sizeof__(self)
+        if self._msgs != NULL:
+            size += _MAX_BATCH * (sizeof(fs_mmsghdr) + sizeof(iovec)
+                                  + sizeof(sockaddr_storage))
+        return size + self._slot_size * self._batch
+
     def recv(self, max_packet_size):
         cdef Py_ssize_t size = max_packet_size
         if self._next < self._count:
             return self._pop(size)
-        if not self._direct or self._busy or size <= 0:
+        if not self._direct or self._busy or self._copying or size <= 0:
             return self._sock.recvfrom(max_packet_size)
-        self._ensure_slots(size)
+        # Busy before anything that may run Python code and so switch
+        # threads (the checks, the contract's slot policy): the slots are
+        # this call's until the batch is in.
         self._busy = True
         try:
+            if not _drivable(self._sock, _DGRAM_METHODS):
+                # The socket's class was patched since: its methods decide.
+                return self._sock.recvfrom(max_packet_size)
+            self._ensure_slots(size)
             self._receive()
         finally:
             self._busy = False
@@ -57,29 +66,32 @@ cdef class DatagramReceiver:
 
     cdef int _ensure_slots(self, Py_ssize_t size) except -1:
         cdef char *data
-        cdef int i
+        cdef Py_ssize_t slot
+        cdef int i, batch
         if self._msgs == NULL:
             self._msgs = <fs_mmsghdr *>PyMem_Malloc(
-                _BATCH * (sizeof(fs_mmsghdr) + sizeof(iovec) + sizeof(sockaddr_storage)))
+                _MAX_BATCH * (sizeof(fs_mmsghdr) + sizeof(iovec) + sizeof(sockaddr_storage)))
             if self._msgs == NULL:
                 raise MemoryError()
-            self._names = <sockaddr_storage *>(self._msgs + _BATCH)
-            self._iov = <iovec *>(self._names + _BATCH)
-            memset(self._msgs, 0, _BATCH * sizeof(fs_mmsghdr))
-        if size < _MIN_SLOT:
-            size = _MIN_SLOT
-        if size > self._slot_size:
-            if size > (<Py_ssize_t>0x7fffffff) // _BATCH:
-                raise MemoryError()
-            data = <char *>PyMem_Realloc(self._data, size * _BATCH)
-            if data == NULL:
-                raise MemoryError()
-            self._data = data
-            self._slot_size = size
-        size = self._slot_size
-        for i in range(_BATCH):
-            self._iov[i].iov_base = self._data + i * size
-            self._iov[i].iov_len = <size_t>size
+            self._names = <sockaddr_storage *>(self._msgs + _MAX_BATCH)
+            self._iov = <iovec *>(self._names + _MAX_BATCH)
+            memset(self._msgs, 0, _MAX_BATCH * sizeof(fs_mmsghdr))
+        slot, batch = _datagram_slots(size)
+        if slot == self._slot_size and batch == self._batch:
+            return 0
+        if slot > (<Py_ssize_t>0x7fffffff) // batch:
+            raise MemoryError()
+        # Sized to this call: a smaller max_packet_size shrinks the slots
+        # again, so one large call does not pin its size for good.
+        data = <char *>PyMem_Realloc(self._data, slot * batch)
+        if data == NULL:
+            raise MemoryError()
+        self._data = data
+        self._slot_size = slot
+        self._batch = batch
+        for i in range(batch):
+            self._iov[i].iov_base = self._data + i * slot
+            self._iov[i].iov_len = <size_t>slot
             self._msgs[i].msg_hdr.msg_name = &self._names[i]
             self._msgs[i].msg_hdr.msg_iov = &self._iov[i]
             self._msgs[i].msg_hdr.msg_iovlen = 1
@@ -90,13 +102,13 @@ cdef class DatagramReceiver:
         cdef int err = 0, fd, n, i
         cdef fs_mmsghdr *msgs = self._msgs
         while True:
-            for i in range(_BATCH):
+            for i in range(self._batch):
                 msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
                 msgs[i].msg_hdr.msg_controllen = 0
                 msgs[i].msg_hdr.msg_flags = 0
             fd = _fileno(self._sock)
             with nogil:
-                n = _recvmmsg_nogil(fd, msgs, _BATCH, deadline, &err)
+                n = _recvmmsg_nogil(fd, msgs, <unsigned int>self._batch, deadline, &err)
             if n > 0:
                 break
             if n == 0:
@@ -110,30 +122,31 @@ cdef class DatagramReceiver:
         return 0
 
     cdef object _pop(self, Py_ssize_t size):
+        # Claim the slot, then copy it out while _copying keeps recv() from
+        # refilling the slots: either allocation below may let another
+        # thread run, and its recv() must neither take this slot nor
+        # overwrite it (which would pair one datagram's payload with
+        # another's address).
         cdef int i = self._next
         cdef fs_mmsghdr *m = &self._msgs[i]
         cdef Py_ssize_t n = m.msg_len
         self._next += 1
-        if self._next == self._count:
-            self._next = self._count = 0
-        if n > size:
-            n = size   # cut as recvfrom(max_packet_size) would
-        address = _make_address(<sockaddr *>m.msg_hdr.msg_name, m.msg_hdr.msg_namelen)
-        return PyBytes_FromStringAndSize(<char *>self._iov[i].iov_base, n), address
-
-
-_SENDTO_METHODS = ("sendto", "fileno")
+        self._copying += 1
+        try:
+            if n > size:
+                n = size   # cut as recvfrom(max_packet_size) would
+            data = PyBytes_FromStringAndSize(<char *>self._iov[i].iov_base, n)
+            address = _make_address(<sockaddr *>m.msg_hdr.msg_name,
+                                    m.msg_hdr.msg_namelen)
+        finally:
+            self._copying -= 1
+            if self._copying == 0 and self._next == self._count:
+                self._next = self._count = 0
+        return data, address
 
 
 def sendto(sock, data, address):
-    """sock.sendto(data, address): a DatagramRequestHandler's reply.
-
-    The Cython core first tries one non-blocking send with the GIL held
-    when the address is numeric (as every address a server receives
-    from is): UDP rarely lacks buffer room, and releasing the GIL for
-    every reply hands it to another handler thread and then waits to get
-    it back. Anything else, or a full buffer, is sock.sendto() itself.
-    """
+    """See fastserver._contract.Core.sendto."""
     cdef sockaddr_storage sa
     cdef socklen_t salen = 0
     cdef Py_buffer view

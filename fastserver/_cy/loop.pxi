@@ -2,48 +2,46 @@
 # handle_request. See _core.pxd for the contract.
 
 
+cdef int _listening_fd(object server) except -1:
+    # poll() would skip a closed socket's -1 and wait on.
+    cdef int fd = server.fileno()
+    if fd < 0:
+        raise _closed_socket_error(fd)
+    return fd
+
+
 cdef class ServeLoop:
-    """The serve loop of one server.
-
-    Methods for the server:
-    - serve_forever(server, poll_interval)
-    - shutdown()
-    - wait_for_request(server, timeout) -> bool
-    - accept_failed(exc)
-
-    The loop calls back into the server only through its public or
-    overridable methods: fileno(), _handle_request_noblock() and
-    service_actions(). A server's ``_fs_buffered`` attribute, when not None,
-    is a DatagramReceiver whose ``pending`` requests are served without
-    waiting.
-    """
+    """See fastserver._contract.ServeLoop."""
 
     def __cinit__(self):
         self._wake_fd = -1
-        self._last_resource_error = -_BACKOFF_RESET
 
     def __init__(self):
         self._is_shut_down = _threading.Event()
         self._shutdown_request = False
-        self._backoff_until = 0.0
-        self._backoff_delay = 0.0
+        self._backoff = _AcceptBackoff()
 
     def serve_forever(self, server, poll_interval=0.5):
-        """Handle requests until shutdown(); run service_actions() at least
-        once per poll_interval."""
         cdef int wake[2]
         cdef pollfd fds[2]
         cdef int interval_ms, wait_ms, delay_ms, fd, i
         cdef nfds_t nfds
         cdef double delay
         cdef bint ready
-        self._is_shut_down.clear()
-        if fs_waker_open(wake) < 0:
+        cdef int err
+        try:
+            # The listening descriptor first (see _pure's serve_forever).
+            fd = _listening_fd(server)
+            self._is_shut_down.clear()
+            if fs_waker_open(wake) < 0:
+                err = errno   # before any Python code can change it
+                _raise_errno(err)
+        except BaseException:
+            self._shutdown_request = False
             self._is_shut_down.set()
-            _raise_errno(errno)
+            raise
         self._wake_fd = wake[1]
         try:
-            fd = server.fileno()
             interval_ms = _poll_ms(poll_interval)
             fds[0].fd = wake[0]
             fds[0].events = POLLIN
@@ -56,7 +54,7 @@ cdef class ServeLoop:
                 else:
                     wait_ms = interval_ms
                     nfds = 2
-                    delay = self._backoff_until - _monotonic()
+                    delay = self._backoff.until - _monotonic()
                     if delay > 0:
                         # Out of descriptors: wait on the waker alone.
                         nfds = 1
@@ -69,6 +67,8 @@ cdef class ServeLoop:
                         if fds[0].revents:
                             fs_waker_drain(wake[0])
                         if nfds == 2 and fds[1].revents:
+                            if fds[1].revents & POLLNVAL:
+                                break   # server_close() under the loop: leave quietly
                             ready = True
                 if self._shutdown_request:
                     break
@@ -85,54 +85,30 @@ cdef class ServeLoop:
             self._is_shut_down.set()
 
     def shutdown(self):
-        """Stop serve_forever() and wait until it has returned.
-
-        Called before serve_forever(), it makes the next serve_forever()
-        return at once; as in socketserver, it waits for that to happen.
-        """
+        cdef int err
         self._shutdown_request = True
-        if self._wake_fd >= 0:
+        if self._wake_fd >= 0 and fs_waker_signal(self._wake_fd) < 0:
+            err = errno
             # Non-blocking: EAGAIN means a wake-up is already pending.
-            fs_waker_signal(self._wake_fd)
+            if not _is_eagain(err):
+                _raise_errno(err)
         self._is_shut_down.wait()
 
     def wait_for_request(self, server, timeout):
-        """Wait until server.fileno() is readable; False once timeout expires.
-
-        timeout None waits forever. A back-off still in force after an
-        accept() resource error is slept off first, within the timeout.
-        """
         cdef pollfd p
-        cdef double deadline = 0.0, delay, remaining
-        cdef bint has_deadline = timeout is not None
         buffered = server._fs_buffered
         if buffered is not None and buffered.pending:
             return True
-        if has_deadline:
-            deadline = _monotonic() + <double>timeout
-        delay = self._backoff_until - _monotonic()
-        if delay > 0:
-            if has_deadline and deadline - _monotonic() < delay:
-                _sleep_until(deadline)
-                return False
-            _sleep_until(_monotonic() + delay)
-        p.fd = server.fileno()
+        p.fd = _listening_fd(server)
         p.events = _POLL_READ
         p.revents = 0
-        if has_deadline:
-            remaining = max(0.0, deadline - _monotonic())
-            return _poll_retry(&p, 1, _poll_ms(remaining)) > 0
-        return _poll_retry(&p, 1, -1) > 0
+        if timeout is None:
+            self._backoff.sleep_off(None)
+            return _poll_retry(&p, 1, -1) > 0
+        deadline = _monotonic() + <double>timeout
+        if not self._backoff.sleep_off(deadline):
+            return False
+        return _poll_retry(&p, 1, _poll_ms(max(0.0, deadline - _monotonic()))) > 0
 
     def accept_failed(self, exc):
-        """Note that get_request() raised exc; back off if it ran out of
-        resources."""
-        if exc.errno not in RESOURCE_ERRNOS:
-            return
-        cdef double now = _monotonic()
-        if now - self._last_resource_error > _BACKOFF_RESET:
-            self._backoff_delay = BACKOFF_FIRST
-        else:
-            self._backoff_delay = min(self._backoff_delay * 2, BACKOFF_MAX)
-        self._last_resource_error = now
-        self._backoff_until = now + self._backoff_delay
+        self._backoff.failed(exc)

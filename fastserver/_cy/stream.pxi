@@ -28,7 +28,7 @@ cdef inline object _closed_error(str what):
 @cython.final
 @cython.freelist(32)
 cdef class StreamReader:
-    """rfile: reads like ``sock.makefile('rb', rbufsize)``."""
+    """See fastserver._contract.StreamReader."""
 
     def __cinit__(self):
         self._lock = PyThread_allocate_lock()
@@ -525,13 +525,7 @@ cdef class StreamReader:
 
 
 def open_stream(sock, rbufsize, wbufsize, coalesce_limit):
-    """Return (rfile, wfile) for a connected stream socket.
-
-    rfile reads like ``sock.makefile('rb', rbufsize)``. wfile is a
-    SocketWriter when wbufsize is 0, else ``sock.makefile('wb', wbufsize)``;
-    a coalesce_limit above 0 makes it a CoalescingWriter of that limit whose
-    buffer rfile sends before each receive.
-    """
+    """See fastserver._contract.Core.open_stream."""
     cdef Py_ssize_t size
     cdef CoalescingWriter writer
     if rbufsize is None:
@@ -539,8 +533,9 @@ def open_stream(sock, rbufsize, wbufsize, coalesce_limit):
     if (rbufsize == 0 or not _drivable(sock, _STREAM_METHODS)
             or sock.gettimeout() == 0.0):
         # Unbuffered, non-blocking, or a socket that is not ours to drive
-        # (SSLSocket, overridden recv/send): the pure objects.
-        return _pure.open_stream(sock, rbufsize, wbufsize, coalesce_limit)
+        # (SSLSocket, overridden recv/send): the socket module's files.
+        return _open_file_stream(sock, rbufsize, wbufsize, coalesce_limit,
+                                 SocketWriter, CoalescingWriter)
     size = _DEFAULT_BUFFER_SIZE if rbufsize < 0 else rbufsize
     if coalesce_limit <= 0:
         rfile = StreamReader.new(sock, size, None)

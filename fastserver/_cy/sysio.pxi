@@ -19,6 +19,10 @@ cdef extern from "Python.h":
     int PySys_Audit(const char *event, const char *format, ...) except -1
     ctypedef struct PyTypeObject:
         const char *tp_name
+        unsigned long tp_flags
+        unsigned int tp_version_tag
+    enum:
+        Py_TPFLAGS_VALID_VERSION_TAG
     ctypedef struct PyObject:
         PyTypeObject *ob_type
 
@@ -38,7 +42,7 @@ cdef enum:
     # Return codes of the _sock_* callers besides n >= 0 and -1 (raised).
     _WOULD_BLOCK = -2
 
-# The readiness poll() waits for, as select.poll users in _pure ask for it.
+# The readiness poll() waits for, as _pure asks select.poll for it.
 cdef short _POLL_READ = POLLIN | POLLPRI | POLLERR | POLLHUP
 
 _SocketType = _socket.socket
@@ -61,19 +65,6 @@ cdef inline int _ms_ceil(int64_t ns) noexcept nogil:
         return 0
     ms = (ns + 999999) // 1000000
     return <int>ms if ms < INT_MAX else INT_MAX
-
-
-cdef int _poll_ms(object seconds) except? -2:
-    """_pure._poll_ms: None -> -1 (forever), else whole ms rounded up."""
-    cdef double s
-    if seconds is None:
-        return -1
-    s = seconds
-    if s <= 0:
-        return 0
-    if s * 1000 + 0.999 >= INT_MAX:
-        return INT_MAX
-    return max(1, <int>(s * 1000 + 0.999))
 
 
 cdef int64_t _timeout_ns(object sock) except -2:
@@ -281,12 +272,6 @@ cdef int _poll_retry(pollfd *fds, nfds_t nfds, int timeout_ms) except -1:
             timeout_ms = _ms_ceil(deadline - fs_monotonic_ns())
 
 
-cdef int _sleep_until(double deadline) except -1:
-    """An interruptible sleep that honours PEP 475, as in _pure."""
-    _poll_retry(NULL, 0, _ms_ceil(<int64_t>((deadline - _monotonic()) * 1e9)))
-    return 0
-
-
 # --- addresses ---------------------------------------------------------------
 
 cdef object _make_address(sockaddr *sa, socklen_t addrlen):
@@ -379,27 +364,58 @@ cdef inline bint _family_supported(int family) noexcept:
 
 
 # Per class: may the C path drive sockets of this class? Only socket.socket
-# and subclasses that keep the methods the C path stands in for.
+# and subclasses whose methods named below are still socket.socket's own, as
+# they were when this module was imported: a class patched since (a
+# wrapper, a test double, a monkeypatched socket.socket) gets the Python
+# path, which calls its methods. The answer is cached with the class's
+# version tag, which CPython invalidates whenever the class or one of its
+# bases is modified; the lookups that recompute it assign a new one.
 cdef dict _drivable_cache = {}
 
 
+cdef inline unsigned int _version_tag(object cls) noexcept:
+    cdef PyTypeObject *t = <PyTypeObject *>cls
+    if t.tp_flags & Py_TPFLAGS_VALID_VERSION_TAG:
+        return t.tp_version_tag
+    return 0
+
+
+# socket.socket's version tag when every method in _ORIGINAL_METHODS was
+# found its own: the fast path of the common case.
+cdef unsigned int _plain_tag = 0
+
+
 cdef bint _drivable(object sock, tuple methods) except -1:
+    global _plain_tag
+    cdef unsigned int tag
     cls = type(sock)
     if cls is _SocketType:
-        return True
+        tag = _version_tag(cls)
+        if tag != 0 and tag == _plain_tag:
+            return True
+        if all(getattr(cls, name, None) is method
+               for name, method in _ORIGINAL_METHODS.items()):
+            _plain_tag = _version_tag(cls)
+            return True
     key = (cls, methods)
     cached = _drivable_cache.get(key)
-    if cached is not None:
-        return cached
+    tag = _version_tag(cls)
+    if cached is not None and tag != 0 and (<tuple>cached)[0] == tag:
+        return (<tuple>cached)[1]
     ok = isinstance(sock, _SocketType) and all(
-        getattr(cls, name, None) is getattr(_SocketType, name) for name in methods)
-    _drivable_cache[key] = ok
+        getattr(cls, name, None) is _ORIGINAL_METHODS[name] for name in methods)
+    tag = _version_tag(cls)   # the getattr()s above assigned one if needed
+    if tag != 0:
+        _drivable_cache[key] = (tag, ok)
     return ok
 
 
 _STREAM_METHODS = ("recv", "recv_into", "send", "sendall", "fileno", "gettimeout")
 _ACCEPT_METHODS = ("accept", "_accept", "fileno", "gettimeout")
 _DGRAM_METHODS = ("recvfrom", "recvfrom_into", "recv", "recvmsg", "fileno", "gettimeout")
+_SENDTO_METHODS = ("sendto", "fileno")
+_ORIGINAL_METHODS = {name: getattr(_SocketType, name) for name in set(
+    _STREAM_METHODS + _ACCEPT_METHODS + _DGRAM_METHODS + _SENDTO_METHODS)}
 
 
 cdef extern from "Python.h":

@@ -1,6 +1,7 @@
 # SocketWriter and CoalescingWriter: wfile. See _core.pxd.
 
 _UnsupportedOperation = _io.UnsupportedOperation
+cdef Py_ssize_t _COALESCE_KEEP = _contract.COALESCE_KEEP
 
 
 @cython.freelist(32)
@@ -112,8 +113,7 @@ cdef class _WriterBase:
 
 
 cdef class SocketWriter(_WriterBase):
-    """wfile for wbufsize == 0: every write() is sent in full before it
-    returns, and returns the number of bytes written."""
+    """See fastserver._contract.SocketWriter."""
 
     @staticmethod
     cdef SocketWriter new(object sock):
@@ -138,13 +138,7 @@ cdef class SocketWriter(_WriterBase):
 
 
 cdef class CoalescingWriter(_WriterBase):
-    """wfile for coalesce_writes: write() only appends to a buffer.
-
-    The buffer is sent in one sendall() on flush(), when it reaches
-    ``limit`` bytes, when the paired reader is about to block for more
-    input, and when the handler's handle() returns. write() returns the
-    number of bytes accepted.
-    """
+    """See fastserver._contract.CoalescingWriter."""
 
     def __init__(self, sock, limit):
         _WriterBase.__init__(self, sock)
@@ -163,7 +157,7 @@ cdef class CoalescingWriter(_WriterBase):
 
     def write(self, b):
         cdef Py_buffer view
-        cdef Py_ssize_t need, cap
+        cdef Py_ssize_t need, cap, n
         cdef char *buf
         if self._closed:
             raise ValueError("write to closed file")
@@ -175,7 +169,14 @@ cdef class CoalescingWriter(_WriterBase):
             raise TypeError("a bytes-like object is required, not '%s'"
                             % type(b).__name__)
         try:
-            need = self._len + view.len
+            n = view.len
+            if n >= self._limit:
+                # Sent at once anyway: after the buffer, straight from the
+                # caller's memory, without a copy.
+                self._flush()
+                self._sendall(<const char *>view.buf, n)
+                return n
+            need = self._len + n
             if need > self._cap:
                 cap = max(need, 2 * self._cap, 256)
                 buf = <char *>PyMem_Realloc(self._buf, <size_t>cap)
@@ -183,9 +184,8 @@ cdef class CoalescingWriter(_WriterBase):
                     raise MemoryError()
                 self._buf = buf
                 self._cap = cap
-            memcpy(self._buf + self._len, view.buf, <size_t>view.len)
+            memcpy(self._buf + self._len, view.buf, <size_t>n)
             self._len = need
-            n = view.len
         finally:
             PyBuffer_Release(&view)
         if self._len >= self._limit:
@@ -209,17 +209,21 @@ cdef class CoalescingWriter(_WriterBase):
         try:
             self._sendall(data, n)
         finally:
-            if self._buf == NULL:
+            if self._buf == NULL and cap <= _COALESCE_KEEP:
                 self._buf = data
                 self._cap = cap
             else:
+                # Grown past the bound (or replaced meanwhile): release it.
                 PyMem_Free(data)
         return 0
 
     @property
     def pending(self):
-        """Bytes written but not yet sent."""
         return self._len
+
+    def __sizeof__(self):
+        # The coalescing buffer counts, as a bytearray's allocation does.
+        return object.__sizeof__(self) + self._cap
 
     def close(self):
         if self._closed:

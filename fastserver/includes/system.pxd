@@ -21,16 +21,11 @@ cdef extern from "<errno.h>" nogil:
     enum:
         EINTR
         EAGAIN
-        EWOULDBLOCK
-        EBADF
-        EINVAL
-        ENOMEM
 
 
 cdef extern from "<string.h>" nogil:
     void *memchr(const void *s, int c, size_t n)
     void *memcpy(void *dest, const void *src, size_t n)
-    void *memmove(void *dest, const void *src, size_t n)
     void *memset(void *s, int c, size_t n)
     size_t strlen(const char *s)
     size_t strnlen(const char *s, size_t maxlen)
@@ -74,7 +69,6 @@ cdef extern from "<sys/socket.h>" nogil:
         socklen_t msg_namelen
         iovec *msg_iov
         size_t msg_iovlen
-        void *msg_control
         size_t msg_controllen
         int msg_flags
     ssize_t recv(int fd, void *buf, size_t n, int flags)
@@ -89,8 +83,6 @@ cdef extern from "<sys/socket.h>" nogil:
         AF_UNIX
         AF_INET
         AF_INET6
-        SOCK_STREAM
-        SOCK_DGRAM
         MSG_DONTWAIT
 
 
@@ -125,9 +117,6 @@ cdef extern from "<arpa/inet.h>" nogil:
     uint32_t htonl(uint32_t v)
     const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
     int inet_pton(int af, const char *src, void *dst)
-    enum:
-        INET_ADDRSTRLEN
-        INET6_ADDRSTRLEN
 
 
 cdef extern from "<sys/un.h>" nogil:
@@ -142,13 +131,11 @@ cdef extern from "compat.h" nogil:
         msghdr msg_hdr
         unsigned int msg_len
     enum:
-        FS_HAVE_MMSG
         FS_MSG_WAITFORONE
         FS_HAVE_ABSTRACT_UNIX   # the kernel has AF_UNIX abstract names (Linux)
     bint FS_IS_EAGAIN(int err)
     int fs_accept_cloexec(int fd, sockaddr *addr, socklen_t *len)
     int fs_recvmmsg(int fd, fs_mmsghdr *vec, unsigned int vlen, int flags)
-    int fs_sendmmsg(int fd, fs_mmsghdr *vec, unsigned int vlen, int flags)
     int fs_waker_open(int fds[2])
     int fs_waker_signal(int fd)
     void fs_waker_drain(int fd)
