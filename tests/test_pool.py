@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
@@ -65,6 +66,25 @@ def gated_server(ss: Any, base: Any, gauge: Gauge, **attrs: Any) -> Any:
     for name, value in attrs.items():
         setattr(Counting, name, value)
     return Counting(server_address(Counting.address_family), Gated)
+
+
+@contextlib.contextmanager
+def two_one_at_a_time(server: Any, gauge: Gauge) -> Iterator[None]:
+    """Two clients send a line each; after the block the handlers are
+    released, and both lines come back, served one at a time."""
+    first, second = connect(server), connect(server)
+    try:
+        first.sendall(b"first\n")
+        second.sendall(b"second\n")
+        yield
+        gauge.release.set()
+        assert recv_until(first) == b"first\n"
+        assert recv_until(second) == b"second\n"
+        assert gauge.peak == 1
+    finally:
+        gauge.release.set()
+        first.close()
+        second.close()
 
 
 class Ticks:
@@ -241,26 +261,18 @@ def test_shutdown_while_process_request_blocks(impl: Impl) -> None:
     thread = threading.Thread(target=server.serve_forever,
                               kwargs={"poll_interval": 5.0}, daemon=True)
     thread.start()
-    first, second = connect(server), connect(server)
     try:
-        first.sendall(b"first\n")
-        second.sendall(b"second\n")
-        assert gauge.wait_for(lambda: gauge.accepted == 2 and gauge.running == 1)
-        assert entered.wait(10)  # process_request now waits for the pool
-        assert gauge.started == 1
-        started = time.monotonic()
-        server.shutdown()
-        assert time.monotonic() - started < 1.0
-        thread.join(5)
-        gauge.release.set()
-        assert recv_until(first) == b"first\n"
-        assert recv_until(second) == b"second\n"
-        assert gauge.peak == 1
+        with two_one_at_a_time(server, gauge):
+            assert gauge.wait_for(lambda: gauge.accepted == 2
+                                  and gauge.running == 1)
+            assert entered.wait(10)  # process_request now waits for the pool
+            assert gauge.started == 1
+            started = time.monotonic()
+            server.shutdown()
+            assert time.monotonic() - started < 1.0
+            thread.join(5)
     finally:
-        gauge.release.set()
         server.server_close()
-        first.close()
-        second.close()
 
 
 @pytest.mark.parametrize("waits_in", ["get_request", "process_request"])
@@ -285,26 +297,14 @@ def test_service_actions_run_while_the_pool_is_full(impl: Impl,
     server = gated_server(ss, Base if waits_in == "get_request" else NoWait,
                           gauge, max_workers=1)
     accepted = 1 if waits_in == "get_request" else 2
-    with serving(server, poll_interval=0.05):
-        first, second = connect(server), connect(server)
-        try:
-            first.sendall(b"first\n")
-            second.sendall(b"second\n")
-            assert gauge.wait_for(lambda: gauge.running == 1
-                                  and gauge.accepted == accepted)
-            # Full: one thread, busy, and no queue. Before the fix the loop
-            # sat in the wait for room and service_actions() stopped.
-            assert ticks.wait_for_more(5)
-            with gauge.lock:
-                assert gauge.started == 1 and gauge.accepted == accepted
-            gauge.release.set()
-            assert recv_until(first) == b"first\n"
-            assert recv_until(second) == b"second\n"
-            assert gauge.peak == 1
-        finally:
-            gauge.release.set()
-            first.close()
-            second.close()
+    with serving(server, poll_interval=0.05), two_one_at_a_time(server, gauge):
+        assert gauge.wait_for(lambda: gauge.running == 1
+                              and gauge.accepted == accepted)
+        # Full: one thread, busy, and no queue. Before the fix the loop sat
+        # in the wait for room and service_actions() stopped.
+        assert ticks.wait_for_more(5)
+        with gauge.lock:
+            assert gauge.started == 1 and gauge.accepted == accepted
 
 
 @pytest.mark.parametrize("block_on_close", [True, False])
