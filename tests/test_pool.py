@@ -444,3 +444,36 @@ def test_idle_threads_do_not_hold_up_exit(impl: Impl) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "bye"
     assert time.monotonic() - started < 10
+
+
+def test_a_thread_that_cannot_start_fails_only_its_request(
+        impl: Impl, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of threads, the request goes through handle_error and is closed;
+    it does not stay queued for a thread that may come later."""
+    ss = impl.ss
+    errors: List[str] = []
+    real_start = threading.Thread.start
+
+    def start_once_failing(thread: threading.Thread) -> None:
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        raise RuntimeError("can't start new thread")
+
+    class Echo(ss.StreamRequestHandler):  # type: ignore[name-defined,misc]
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline())
+
+    class Server(ss.ThreadPoolTCPServer):  # type: ignore[name-defined,misc]
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            errors.append(str(sys.exc_info()[1]))
+
+    with Server((HOST, 0), Echo) as server:
+        monkeypatch.setattr(threading.Thread, "start", start_once_failing)
+        with connect(server) as refused:
+            server.handle_request()
+            assert refused.recv(10) == b""  # closed without a reply
+        assert server._fs_pool().queued == 0 and len(server._fs_pool()) == 0
+        with connect(server) as served:
+            served.sendall(b"again\n")
+            server.handle_request()
+            assert recv_until(served) == b"again\n"
+    assert errors == ["can't start new thread"]
