@@ -11,13 +11,11 @@ queue, and nothing that was accepted is ever dropped.
 
 from __future__ import annotations
 
-import collections
 import errno
 import os
-import threading
-from typing import Any, Callable, Deque, Set, Tuple
+from typing import Any, Optional, Tuple
 
-from ._workers import release_idle_at_exit
+from ._executor import HandlerThreads
 from .servers import (TCPServer, ThreadingMixIn, UDPServer, UnixStreamServer,
                       close_with_handlers)
 
@@ -34,149 +32,6 @@ __all__ = [
 #: the cap keeps a big machine from starting hundreds of threads by default.
 DEFAULT_MAX_WORKERS = min(32, 4 * (os.cpu_count() or 1))
 
-_Job = Tuple[Callable[..., Any], Tuple[Any, ...]]
-
-
-class BoundedThreads:
-    """The handler threads and the wait queue of one ThreadPoolMixIn server.
-
-    ``running`` jobs run in threads (at most ``max_workers``); ``queued``
-    jobs wait for one. A thread is started only when a job finds no idle
-    thread, and idle threads wait for work until close().
-
-    Methods for the server:
-
-    - wait_for_room(max_workers, max_queued) -> bool
-    - submit(fn, args, max_workers, max_queued, daemon)
-    - interrupt() / resume(): make every wait return at once (shutdown)
-    - close(join): idle threads exit, queued jobs still run; optionally
-      join the non-daemon threads
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # Threads wait on _work for a job; the serve loop waits on _room for
-        # a free place.
-        self._work = threading.Condition(self._lock)
-        self._room = threading.Condition(self._lock)
-        self._queue: Deque[_Job] = collections.deque()
-        self._threads: Set[threading.Thread] = set()
-        self._idle = 0
-        self.running = 0
-        self._interrupted = 0
-        self._closed = False
-        release_idle_at_exit(self)
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    def __len__(self) -> int:
-        """The number of live threads, busy or idle."""
-        return len(self._threads)
-
-    def _full(self, max_workers: int, max_queued: int) -> bool:
-        return self.running + len(self._queue) >= max(1, max_workers) + max(0, max_queued)
-
-    def wait_for_room(self, max_workers: int, max_queued: int) -> bool:
-        """Wait until one more job fits; False if interrupted first."""
-        with self._lock:
-            while self._full(max_workers, max_queued):
-                if self._interrupted:
-                    return False
-                self._room.wait()
-            return True
-
-    def submit(self, fn: Callable[..., Any], args: Tuple[Any, ...],
-               max_workers: int, max_queued: int, daemon: bool) -> None:
-        """Queue fn(*args) for a thread, waiting while the pool is full.
-
-        An interrupt() ends the wait and queues the job anyway: it was
-        accepted already, and dropping it would reset the client.
-        """
-        start = False
-        with self._lock:
-            while self._full(max_workers, max_queued) and not self._interrupted:
-                self._room.wait()
-            self._queue.append((fn, args))
-            if len(self._queue) > self._idle and \
-                    len(self._threads) < max(1, max_workers):
-                start = True
-            else:
-                self._work.notify()
-            if start:
-                thread = threading.Thread(target=self._run, daemon=daemon,
-                                          name="fastserver-pool")
-                self._threads.add(thread)
-        if start:
-            try:
-                thread.start()
-            except BaseException:
-                with self._lock:
-                    self._threads.discard(thread)
-                    # Let an existing thread take the job, if any is left.
-                    self._work.notify()
-                raise
-
-    def _run(self) -> None:
-        me = threading.current_thread()
-        lock = self._lock
-        try:
-            while True:
-                with lock:
-                    while not self._queue:
-                        if self._closed:
-                            return
-                        self._idle += 1
-                        try:
-                            self._work.wait()
-                        finally:
-                            self._idle -= 1
-                    fn, args = self._queue.popleft()
-                    self.running += 1
-                try:
-                    fn(*args)
-                finally:
-                    # Drop the request before idling: an idle thread holds
-                    # no socket.
-                    fn = args = None  # type: ignore[assignment]
-                    with lock:
-                        self.running -= 1
-                        self._room.notify_all()
-        finally:
-            with lock:
-                self._threads.discard(me)
-                self._room.notify_all()
-
-    def interrupt(self) -> None:
-        with self._lock:
-            self._interrupted += 1
-            self._room.notify_all()
-
-    def resume(self) -> None:
-        with self._lock:
-            self._interrupted -= 1
-
-    def close(self, join: bool) -> None:
-        """Stop idle threads; busy ones exit once the queue is empty.
-
-        With join, wait for the non-daemon threads (queued jobs included).
-        """
-        self.release_idle()
-        if not join:
-            return
-        with self._lock:
-            threads = list(self._threads)
-        current = threading.current_thread()
-        for thread in threads:
-            if thread is not current and not thread.daemon:
-                thread.join()
-
-    def release_idle(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._work.notify_all()
-
 
 class ThreadPoolMixIn:
     """Mix-in class to handle each request in a bounded pool of threads.
@@ -185,7 +40,8 @@ class ThreadPoolMixIn:
     accepted requests wait for a thread. When the pool and the queue are
     full, the server stops accepting until a thread frees up: new clients
     wait in the listen backlog (datagrams in the socket buffer) and no
-    accepted request is dropped. shutdown() still returns at once.
+    accepted request is dropped. shutdown() still returns at once, and
+    serve_forever() still calls service_actions() every poll_interval.
 
     Methods that may be overridden:
 
@@ -213,30 +69,59 @@ class ThreadPoolMixIn:
     daemon_threads: bool = False
     block_on_close: bool = True
 
-    def _fs_pool(self) -> BoundedThreads:
+    # How long one wait for room may last: serve_forever's poll_interval,
+    # so that service_actions() still runs that often while the pool is
+    # full; None (no limit) outside serve_forever.
+    _fs_room_wait: Optional[float] = None
+
+    def _fs_pool(self) -> HandlerThreads:
         pool = self.__dict__.get("_fs_pool_threads")
         if pool is None:
-            pool = self.__dict__["_fs_pool_threads"] = BoundedThreads()
+            pool = self.__dict__["_fs_pool_threads"] = HandlerThreads(
+                bounded=True, name="fastserver-pool")
+        pool.max_workers = self.max_workers
+        pool.max_queued = self.max_queued
         return pool
+
+    def serve_forever(self, poll_interval: Optional[float] = 0.5) -> None:
+        """Handle requests until shutdown; see BaseServer.serve_forever.
+
+        While the pool is full, service_actions() still runs once every
+        poll_interval.
+        """
+        self._fs_room_wait = poll_interval
+        try:
+            super().serve_forever(poll_interval)  # type: ignore[misc]
+        finally:
+            del self._fs_room_wait
 
     def get_request(self) -> Tuple[Any, Any]:
         """Wait until the pool has room, then accept (or receive) a request.
 
-        Raises BlockingIOError when shutdown() ends the wait, which the
-        serve loop treats as "nothing to accept".
+        Raises BlockingIOError when the wait ends without room (shutdown(),
+        or poll_interval is up), which the serve loop treats as "nothing to
+        accept" before it runs service_actions() and polls again.
         """
-        if not self._fs_pool().wait_for_room(self.max_workers, self.max_queued):
-            raise BlockingIOError(errno.EAGAIN, "server is shutting down")
+        if not self._fs_pool().wait_for_room(self._fs_room_wait):
+            raise BlockingIOError(errno.EAGAIN, "the thread pool is full")
         return super().get_request()  # type: ignore[misc,no-any-return]
 
     # The same per-request entry point as ThreadingMixIn.
     process_request_thread = ThreadingMixIn.process_request_thread
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Hand the request to a pool thread, waiting while the pool is full."""
-        self._fs_pool().submit(self.process_request_thread,  # type: ignore[misc]
-                               (request, client_address), self.max_workers,
-                               self.max_queued, bool(self.daemon_threads))
+        """Hand the request to a pool thread, waiting while the pool is full.
+
+        The wait matters only when a get_request() override skipped the
+        pool's own; service_actions() keeps running every poll_interval
+        meanwhile. shutdown() ends it and the request is queued anyway: it
+        was accepted already, and dropping it would reset the client.
+        """
+        pool = self._fs_pool()
+        while not pool.wait_for_room(self._fs_room_wait) and not pool.interrupted:
+            self.service_actions()  # type: ignore[attr-defined]
+        pool.submit(self.process_request_thread,  # type: ignore[misc]
+                    (request, client_address), bool(self.daemon_threads))
 
     def shutdown(self) -> None:
         """Stop the serve_forever loop, even while it waits for the pool."""

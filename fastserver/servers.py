@@ -16,7 +16,7 @@ from socket import socket as _Socket
 from typing import Any, Callable, Optional, Set, Tuple, TypeVar
 
 from . import _compat
-from ._workers import NoWorkers, WorkerThreads
+from ._executor import HandlerThreads, NoThreads
 from .handlers import keeps_nagle
 
 _Address = Any
@@ -475,7 +475,7 @@ class ThreadingMixIn:
     # Seconds an idle handler thread waits for another request.
     thread_idle_timeout: float = 2.0
     # The handler threads; the instance gets its own on the first request.
-    _threads: Any = NoWorkers()
+    _threads: Any = NoThreads()
 
     def process_request_thread(self, request: Any,
                                client_address: _Address) -> None:
@@ -494,9 +494,10 @@ class ThreadingMixIn:
         """Run process_request_thread in an idle or a new thread."""
         threads = self.__dict__.get("_threads")
         if threads is None:
-            threads = self._threads = WorkerThreads()
+            threads = self._threads = HandlerThreads()
+        threads.idle_timeout = self.thread_idle_timeout
         threads.submit(self.process_request_thread, (request, client_address),
-                       bool(self.daemon_threads), self.thread_idle_timeout)
+                       bool(self.daemon_threads))
 
     def server_close(self) -> None:
         close_with_handlers(self, super().server_close,  # type: ignore[misc]

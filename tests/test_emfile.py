@@ -49,8 +49,13 @@ def test_emfile_backs_off_and_recovers(impl: Impl) -> None:
             sock = socket.create_connection((HOST, port), timeout=5)
             clients.append(sock)
             line = b"client %d\n" % i
-            (served if echo_ok(sock, line, 1.0) else waiting).append((sock, line))
-        assert len(served) >= 1 and len(waiting) >= 1
+            if i < SLOTS:
+                assert echo_ok(sock, line, 10.0), "client %d not served" % i
+                served.append((sock, line))
+            else:
+                # The slots are full: this one waits in the backlog.
+                assert not echo_ok(sock, line, 1.0), "client %d served" % i
+                waiting.append((sock, line))
 
         before = cpu_seconds(proc.pid)
         time.sleep(1.0)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, List
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
@@ -16,24 +17,29 @@ from conftest import (HOST, Impl, backend_env, close_dgram_client, connect,
 
 
 class Gauge:
-    """Counts handlers running at once and their peak, under a lock."""
+    """Counts handlers running at once and their peak, and the server's
+    get_request() calls and accepted requests, under one condition that
+    wait_for() waits on."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.running = 0
         self.peak = 0
         self.started = 0
+        self.asked = 0
+        self.accepted = 0
         self.release = threading.Event()
 
-    def enter(self) -> None:
+    def count(self, **increments: int) -> None:
         with self.lock:
-            self.running += 1
-            self.started += 1
+            for name, value in increments.items():
+                setattr(self, name, getattr(self, name) + value)
             self.peak = max(self.peak, self.running)
+            self.lock.notify_all()
 
-    def leave(self) -> None:
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
         with self.lock:
-            self.running -= 1
+            return self.lock.wait_for(predicate, timeout)
 
 
 def gated_server(ss: Any, base: Any, gauge: Gauge, **attrs: Any) -> Any:
@@ -42,21 +48,19 @@ def gated_server(ss: Any, base: Any, gauge: Gauge, **attrs: Any) -> Any:
 
     class Gated(ss.StreamRequestHandler):  # type: ignore[name-defined,misc]
         def handle(self) -> None:
-            gauge.enter()
+            gauge.count(running=1, started=1)
             try:
                 line = self.rfile.readline()
                 gauge.release.wait(10)
                 self.wfile.write(line)
             finally:
-                gauge.leave()
+                gauge.count(running=-1)
 
     class Counting(base):  # type: ignore[misc,valid-type]
-        accepted = 0
-
         def get_request(self) -> Any:
+            gauge.count(asked=1)
             result = super().get_request()
-            with gauge.lock:
-                type(self).accepted += 1
+            gauge.count(accepted=1)
             return result
 
     for name, value in attrs.items():
@@ -64,13 +68,41 @@ def gated_server(ss: Any, base: Any, gauge: Gauge, **attrs: Any) -> Any:
     return Counting(server_address(Counting.address_family), Gated)
 
 
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+@contextlib.contextmanager
+def two_one_at_a_time(server: Any, gauge: Gauge) -> Iterator[None]:
+    """Two clients send a line each; after the block the handlers are
+    released, and both lines come back, served one at a time."""
+    first, second = connect(server), connect(server)
+    try:
+        first.sendall(b"first\n")
+        second.sendall(b"second\n")
+        yield
+        gauge.release.set()
+        assert recv_until(first) == b"first\n"
+        assert recv_until(second) == b"second\n"
+        assert gauge.peak == 1
+    finally:
+        gauge.release.set()
+        first.close()
+        second.close()
+
+
+class Ticks:
+    """Counts service_actions() calls."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.calls = 0
+
+    def tick(self) -> None:
+        with self.cond:
+            self.calls += 1
+            self.cond.notify_all()
+
+    def wait_for_more(self, more: int, timeout: float = 10.0) -> bool:
+        with self.cond:
+            target = self.calls + more
+            return self.cond.wait_for(lambda: self.calls >= target, timeout)
 
 
 def test_names_and_defaults(impl: Impl) -> None:
@@ -107,18 +139,21 @@ def test_back_pressure(impl: Impl, family: str, workers: int,
                 client = connect(server)
                 client.sendall(b"line %d\n" % i)
                 clients.append(client)
-            assert wait_until(lambda: gauge.running == workers)
-            assert wait_until(lambda: type(server).accepted == workers + queued)
-            time.sleep(0.3)  # give the server every chance to overrun
+            assert gauge.wait_for(lambda: gauge.running == workers)
+            assert gauge.wait_for(lambda: gauge.accepted == workers + queued)
+            # Give the server every chance to overrun: the loop asks twice
+            # more, each time waiting poll_interval for room in vain.
+            assert gauge.wait_for(
+                lambda: gauge.asked >= workers + queued + 3)
             with gauge.lock:
                 assert gauge.running == workers
-                assert type(server).accepted == workers + queued
-                assert type(server).accepted - gauge.started <= queued
+                assert gauge.accepted == workers + queued
+                assert gauge.accepted - gauge.started <= queued
             gauge.release.set()
             for i, client in enumerate(clients):
                 assert recv_until(client) == b"line %d\n" % i
             assert gauge.peak == workers
-            assert type(server).accepted == len(clients)
+            assert gauge.accepted == len(clients)
         finally:
             gauge.release.set()
             for client in clients:
@@ -152,12 +187,12 @@ def test_udp_pool(impl: Impl) -> None:
 
     class Echo(ss.DatagramRequestHandler):  # type: ignore[name-defined,misc]
         def handle(self) -> None:
-            gauge.enter()
+            gauge.count(running=1)
             try:
-                time.sleep(0.02)
+                time.sleep(0.02)  # some work, so that requests overlap
                 self.wfile.write(self.rfile.read())
             finally:
-                gauge.leave()
+                gauge.count(running=-1)
 
     server = ss.ThreadPoolUDPServer((HOST, 0), Echo)
     server.max_workers = 2
@@ -186,9 +221,9 @@ def test_shutdown_while_waiting_for_room(impl: Impl) -> None:
     try:
         first.sendall(b"first\n")
         second.sendall(b"second\n")
-        assert wait_until(lambda: gauge.running == 1)
-        time.sleep(0.1)  # the loop is now waiting for room
-        assert type(server).accepted == 1
+        # The loop has asked for the second request: it waits for room.
+        assert gauge.wait_for(lambda: gauge.running == 1 and gauge.asked == 2)
+        assert gauge.accepted == 1
         started = time.monotonic()
         server.shutdown()
         elapsed = time.monotonic() - started
@@ -211,34 +246,65 @@ def test_shutdown_while_process_request_blocks(impl: Impl) -> None:
     ss = impl.ss
     gauge = Gauge()
 
+    entered = threading.Event()
+
     class NoWait(ss.ThreadPoolTCPServer):  # type: ignore[name-defined,misc]
         def get_request(self) -> Any:
             return ss.TCPServer.get_request(self)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if gauge.accepted == 2:
+                entered.set()
+            super().process_request(request, client_address)
 
     server = gated_server(ss, NoWait, gauge, max_workers=1)
     thread = threading.Thread(target=server.serve_forever,
                               kwargs={"poll_interval": 5.0}, daemon=True)
     thread.start()
-    first, second = connect(server), connect(server)
     try:
-        first.sendall(b"first\n")
-        second.sendall(b"second\n")
-        assert wait_until(lambda: type(server).accepted == 2)
-        time.sleep(0.1)  # process_request is now blocked on the full pool
-        assert gauge.started == 1
-        started = time.monotonic()
-        server.shutdown()
-        assert time.monotonic() - started < 1.0
-        thread.join(5)
-        gauge.release.set()
-        assert recv_until(first) == b"first\n"
-        assert recv_until(second) == b"second\n"
-        assert gauge.peak == 1
+        with two_one_at_a_time(server, gauge):
+            assert gauge.wait_for(lambda: gauge.accepted == 2
+                                  and gauge.running == 1)
+            assert entered.wait(10)  # process_request now waits for the pool
+            assert gauge.started == 1
+            started = time.monotonic()
+            server.shutdown()
+            assert time.monotonic() - started < 1.0
+            thread.join(5)
     finally:
-        gauge.release.set()
         server.server_close()
-        first.close()
-        second.close()
+
+
+@pytest.mark.parametrize("waits_in", ["get_request", "process_request"])
+def test_service_actions_run_while_the_pool_is_full(impl: Impl,
+                                                    waits_in: str) -> None:
+    """serve_forever() promises service_actions() at least once every
+    poll_interval; a full pool must not stop it, whether the wait for room
+    is get_request()'s own or, when an override skips that one,
+    process_request()'s."""
+    ss = impl.ss
+    gauge, ticks = Gauge(), Ticks()
+
+    class Base(ss.ThreadPoolTCPServer):  # type: ignore[name-defined,misc]
+        def service_actions(self) -> None:
+            super().service_actions()
+            ticks.tick()
+
+    class NoWait(Base):
+        def get_request(self) -> Any:
+            return ss.TCPServer.get_request(self)
+
+    server = gated_server(ss, Base if waits_in == "get_request" else NoWait,
+                          gauge, max_workers=1)
+    accepted = 1 if waits_in == "get_request" else 2
+    with serving(server, poll_interval=0.05), two_one_at_a_time(server, gauge):
+        assert gauge.wait_for(lambda: gauge.running == 1
+                              and gauge.accepted == accepted)
+        # Full: one thread, busy, and no queue. Before the fix the loop sat
+        # in the wait for room and service_actions() stopped.
+        assert ticks.wait_for_more(5)
+        with gauge.lock:
+            assert gauge.started == 1 and gauge.accepted == accepted
 
 
 @pytest.mark.parametrize("block_on_close", [True, False])
@@ -250,7 +316,7 @@ def test_server_close_block_on_close(impl: Impl, block_on_close: bool) -> None:
     with serving(server) as srv:
         client = connect(srv)
         client.sendall(b"x\n")
-        assert wait_until(lambda: gauge.running == 1)
+        assert gauge.wait_for(lambda: gauge.running == 1)
         pool = srv._fs_pool()
         srv.shutdown()
         threading.Timer(0.3, gauge.release.set).start()
@@ -263,7 +329,7 @@ def test_server_close_block_on_close(impl: Impl, block_on_close: bool) -> None:
             assert elapsed < 0.25
         assert recv_until(client) == b"x\n"
         client.close()
-    assert wait_until(lambda: len(pool) == 0)
+    assert pool.wait_idle(10) and len(pool) == 0
 
 
 @pytest.mark.parametrize("daemon", [True, False])
@@ -303,11 +369,11 @@ def test_idle_threads_exit_at_server_close(impl: Impl) -> None:
             assert recv_until(c) == b"x\n"
             c.close()
         pool = server._fs_pool()
-        assert wait_until(lambda: pool.running == 0)
-        assert len(pool) >= 1
+        assert pool.wait_idle(10)
+        assert pool.running == 0 and 1 <= len(pool) <= 4
     # serving() called server_close(): the idle threads are gone.
     assert len(pool) == 0
-    assert wait_until(lambda: threading.active_count() <= before)
+    assert threading.active_count() <= before
 
 
 def test_process_request_thread_is_the_entry_point(impl: Impl) -> None:
@@ -378,3 +444,36 @@ def test_idle_threads_do_not_hold_up_exit(impl: Impl) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "bye"
     assert time.monotonic() - started < 10
+
+
+def test_a_thread_that_cannot_start_fails_only_its_request(
+        impl: Impl, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of threads, the request goes through handle_error and is closed;
+    it does not stay queued for a thread that may come later."""
+    ss = impl.ss
+    errors: List[str] = []
+    real_start = threading.Thread.start
+
+    def start_once_failing(thread: threading.Thread) -> None:
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        raise RuntimeError("can't start new thread")
+
+    class Echo(ss.StreamRequestHandler):  # type: ignore[name-defined,misc]
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline())
+
+    class Server(ss.ThreadPoolTCPServer):  # type: ignore[name-defined,misc]
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            errors.append(str(sys.exc_info()[1]))
+
+    with Server((HOST, 0), Echo) as server:
+        monkeypatch.setattr(threading.Thread, "start", start_once_failing)
+        with connect(server) as refused:
+            server.handle_request()
+            assert refused.recv(10) == b""  # closed without a reply
+        assert server._fs_pool().queued == 0 and len(server._fs_pool()) == 0
+        with connect(server) as served:
+            served.sendall(b"again\n")
+            server.handle_request()
+            assert recv_until(served) == b"again\n"
+    assert errors == ["can't start new thread"]

@@ -1,12 +1,14 @@
 """An echo server that runs out of descriptors after a few connections.
 
-Prints its port, then serves with RLIMIT_NOFILE lowered so that only
-``sys.argv[1]`` connections can be accepted at once.
+Serves with RLIMIT_NOFILE lowered so that exactly ``sys.argv[1]``
+connections can be open at once, then prints its port and backend.
 """
 
 import os
 import resource
+import socket
 import sys
+import threading
 
 import fastserver
 
@@ -20,17 +22,32 @@ class Echo(fastserver.StreamRequestHandler):
 class Server(fastserver.ThreadingTCPServer):
     request_queue_size = 64
     daemon_threads = True
+    request_closed = threading.Event()
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        super().shutdown_request(request)
+        self.request_closed.set()
 
 
 def main() -> None:
     slots = int(sys.argv[1])
     server = Server(("127.0.0.1", 0), Echo)
-    # listdir's own descriptor is counted but closed again: it is the spare
-    # the serve loop's waker will need (plus one more for a pipe's second end).
-    in_use = len(os.listdir("/proc/self/fd")) + 1
-    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + slots, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                     daemon=True).start()
+    # One request first: the serve loop then holds what it needs while it
+    # serves (its waker takes one descriptor or two, by backend), so the
+    # count below is of everything but the connections.
+    with socket.create_connection(server.server_address) as probe:
+        probe.sendall(b"probe\n")
+        assert probe.recv(100) == b"probe\n"
+    assert Server.request_closed.wait(10)
+    # Descriptors are numbered from 0 with no gap; listdir's own is counted
+    # but closed again, and is the first of the slots.
+    in_use = len(os.listdir("/proc/self/fd")) - 1
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + slots, hard))
     print(server.server_address[1], fastserver.backend, flush=True)
-    server.serve_forever(poll_interval=0.5)
+    threading.Event().wait()  # until terminated
 
 
 if __name__ == "__main__":
