@@ -7,6 +7,7 @@ import socket
 from io import BytesIO
 from typing import Any, BinaryIO, Optional
 
+from . import preamble
 from ._compat import core
 
 
@@ -36,6 +37,8 @@ class BaseRequestHandler:
         self.request = request
         self.client_address = client_address
         self.server = server
+        # The connection preamble's attributes (proxy_address, ...).
+        preamble.apply_to(self, request, server)
         self.setup()
         try:
             self.handle()
@@ -91,6 +94,8 @@ class StreamRequestHandler(BaseRequestHandler):
         self.request = request
         self.client_address = client_address
         self.server = server
+        # The connection preamble's attributes (proxy_address, ...).
+        preamble.apply_to(self, request, server)
         self.setup()
         try:
             self.handle()

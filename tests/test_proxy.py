@@ -520,7 +520,7 @@ def test_v1_through_rfile(impl: Impl, mode: str) -> None:
     assert got["client"] == ["192.0.2.7", 51000]
     assert got["proxy"][0] == TRUSTED
     assert got["command"] == "PROXY" and got["line"] == "hello\n"
-    # The header went through the backend's own reader.
+    # The handler reads the rest through the backend's own reader.
     expected = "fastserver._core.StreamReader" if impl.name == "cython" \
         else "_io.BufferedReader"
     assert got["rfile"] == expected
@@ -716,13 +716,26 @@ def test_unbuffered_and_plain_handlers(impl: Impl) -> None:
                 b"192.0.2.8 two\n"
 
 
-def test_handler_class_identity(impl: Impl) -> None:
-    handler = make_handler(impl)
-    made = proxy._proxied_handler(handler)
-    assert made is proxy._proxied_handler(handler)
-    assert issubclass(made, handler)
-    assert (made.__name__, made.__qualname__, made.__module__) == (
-        handler.__name__, handler.__qualname__, handler.__module__)
+def test_handler_is_the_users_class(impl: Impl) -> None:
+    """The handler is an instance of the handler class itself (no subclass
+    is made), and its attributes are set before its setup() runs."""
+    seen: List[Any] = []
+
+    class Plain(impl.ss.StreamRequestHandler):  # type: ignore[name-defined]
+        def setup(self) -> None:
+            seen.append((type(self), self.client_address, self.proxy_address,
+                         self.proxy_header.version, self.proxy_tlvs))
+            super().setup()
+
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline())
+
+    with proxied(impl, Plain, proxy_protocol="auto") as server:
+        assert exchange(server, V1_LINE + b"ok\n") == b"ok\n"
+    [(kind, client, proxy_address, version, tlvs)] = seen
+    assert kind is Plain and client == ("192.0.2.7", 51000)
+    assert proxy_address[0] == TRUSTED and version == 1 and tlvs == ()
+    assert not hasattr(proxy, "_proxied_handler")
 
 
 def test_configuration_errors(impl: Impl) -> None:
