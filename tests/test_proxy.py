@@ -738,6 +738,66 @@ def test_handler_is_the_users_class(impl: Impl) -> None:
     assert not hasattr(proxy, "_proxied_handler")
 
 
+@pytest.mark.parametrize("kind", ["buffered", "unbuffered", "plain"])
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_no_byte_lost_after_the_header(impl: Impl, kind: str, version: str) -> None:
+    """The header and 200 KB after it in one send: the handler's first byte
+    is the first byte after the header, whatever reads it."""
+    payload = bytes(range(256)) * 800
+    header = V1_LINE if version == "v1" else v2(inet4("192.0.2.8"))
+
+    class Stream(impl.ss.StreamRequestHandler):  # type: ignore[name-defined]
+        rbufsize = 0 if kind == "unbuffered" else -1
+
+        def handle(self) -> None:
+            data = b""
+            while len(data) < len(payload):  # unbuffered: short reads
+                chunk = self.rfile.read(len(payload) - len(data))
+                if not chunk:
+                    break
+                data += chunk
+            self.wfile.write(b"%d %s\n" % (len(data), b"ok" if data == payload else b"bad"))
+
+    class Plain(impl.ss.BaseRequestHandler):  # type: ignore[name-defined]
+        def handle(self) -> None:
+            data = b""
+            while len(data) < len(payload):
+                chunk = self.request.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            self.request.sendall(b"%d %s\n" % (len(data), b"ok" if data == payload else b"bad"))
+
+    handler = Plain if kind == "plain" else Stream
+    with proxied(impl, handler, proxy_protocol="auto") as server:
+        assert exchange(server, header + payload) == b"%d ok\n" % len(payload)
+
+
+def test_proxy_header_received_hook(impl: Impl) -> None:
+    """proxy_header_received(handler, header) runs before setup(), once the
+    attributes are set; an override may take more from the header."""
+    calls: List[Any] = []
+
+    class Server(impl.ss.ProxyProtocolMixIn, impl.ss.ThreadingTCPServer):  # type: ignore[name-defined]
+        trusted_proxies = ["127.0.0.1"]
+        daemon_threads = True
+
+        def proxy_header_received(self, handler: Any, header: Any) -> None:
+            super().proxy_header_received(handler, header)
+            calls.append((handler.client_address, handler.proxy_header is header,
+                          hasattr(handler, "rfile")))
+            handler.request_id = header.unique_id
+
+    class Handler(impl.ss.StreamRequestHandler):  # type: ignore[name-defined]
+        def handle(self) -> None:
+            self.wfile.write(self.request_id + b" " + self.rfile.readline())
+
+    header = v2(inet4("192.0.2.9") + tlv(0x05, b"id-1"))
+    with serving(Server((HOST, 0), Handler)) as server:
+        assert exchange(server, header + b"x\n") == b"id-1 x\n"
+    assert calls == [(("192.0.2.9", 40000), True, False)]
+
+
 def test_configuration_errors(impl: Impl) -> None:
     with pytest.raises(TypeError, match="stream servers only"):
         type("U", (impl.ss.ProxyProtocolMixIn, impl.ss.UDPServer), {})(
