@@ -189,7 +189,7 @@ def run(server: Any, request: Any, client_address: Any) -> None:
                 state = step(state)
             except (PreambleFailed, OSError) as exc:
                 step.logger.log(step.log_level, "dropped connection from %s: %s",
-                                describe(state.peer_address), exc)
+                                describe(state.client_address), exc)
                 return
         token = _current.set(state)
         try:
