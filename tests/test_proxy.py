@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import socketserver
 import struct
 import subprocess
 import sys
@@ -808,6 +809,9 @@ def test_configuration_errors(impl: Impl) -> None:
         make_server(impl, make_handler(impl), trusted_proxies=["not-a-network"])
     with pytest.raises(ValueError, match="proxy_untrusted"):
         make_server(impl, make_handler(impl), proxy_untrusted="maybe")
+    with pytest.raises(TypeError, match="needs a fastserver server class"):
+        type("Stdlib", (impl.ss.ProxyProtocolMixIn, socketserver.TCPServer),
+             {"trusted_proxies": ["127.0.0.1"]})((HOST, 0), make_handler(impl))
 
 
 def test_many_concurrent_connections(impl: Impl) -> None:

@@ -144,6 +144,11 @@ class ProxyProtocolMixIn:
         if getattr(self, "socket_type", socket.SOCK_STREAM) != socket.SOCK_STREAM:
             raise TypeError("the PROXY protocol is supported on stream "
                             "servers only, not on %s" % type(self).__name__)
+        if not hasattr(super(), "preamble_steps"):
+            # A base without the preamble stage (the stdlib's socketserver)
+            # would hand the header to the handler as data.
+            raise TypeError("ProxyProtocolMixIn needs a fastserver server "
+                            "class, not %s" % type(self).__name__)
         self._proxy_settings()  # fail here on a bad setting, not per request
         super().__init__(*args, **kwargs)
 
@@ -185,9 +190,7 @@ class ProxyProtocolMixIn:
     def preamble_steps(self) -> Sequence[PreambleStep]:
         """The connection preamble: the PROXY header first (the first bytes
         on the wire), then the steps of the classes after this one."""
-        base = getattr(super(), "preamble_steps", None)
-        rest = tuple(base()) if base is not None else ()
-        return (ProxyHeaderStep(self),) + rest
+        return (ProxyHeaderStep(self),) + tuple(super().preamble_steps())  # type: ignore[misc]
 
     def proxy_header_received(self, handler: Any, header: ProxyHeader) -> None:
         """Called before handler.setup() once a header is accepted; the
