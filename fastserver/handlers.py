@@ -8,7 +8,7 @@ import socket
 from io import BytesIO
 from typing import Any, BinaryIO, Optional
 
-from . import _compat
+from . import _compat, preamble
 
 
 def _core_of(server: Any) -> Any:
@@ -60,6 +60,8 @@ class BaseRequestHandler:
         self.request = request
         self.client_address = client_address
         self.server = server
+        # The connection preamble's attributes (proxy_address, ...).
+        preamble.apply_to(self, request, server)
         self.setup()
         try:
             self.handle()
@@ -120,6 +122,8 @@ class StreamRequestHandler(BaseRequestHandler):
         self.request = request
         self.client_address = client_address
         self.server = server
+        # The connection preamble's attributes (proxy_address, ...).
+        preamble.apply_to(self, request, server)
         self.setup()
         try:
             self.handle()

@@ -13,9 +13,9 @@ import socket
 import sys
 import traceback
 from socket import socket as _Socket
-from typing import Any, Callable, Optional, Set, Tuple, TypeVar
+from typing import Any, Callable, Optional, Sequence, Set, Tuple, TypeVar
 
-from . import _compat
+from . import _compat, preamble
 from ._executor import HandlerThreads, NoThreads
 from .handlers import keeps_nagle
 
@@ -202,8 +202,18 @@ class BaseServer:
         """
 
     def finish_request(self, request: Any, client_address: _Address) -> None:
-        """Finish one request by instantiating RequestHandlerClass."""
-        self.RequestHandlerClass(request, client_address, self)
+        """Finish one request by instantiating RequestHandlerClass.
+
+        The connection's preamble (preamble_steps()) runs first, here in
+        the request's own thread or process; see fastserver.preamble.
+        """
+        preamble.run(self, request, client_address)
+
+    def preamble_steps(self) -> Sequence[preamble.PreambleStep]:
+        """The steps to run on a new connection before its handler, in
+        order: none by default. May be extended (ProxyProtocolMixIn does).
+        """
+        return ()
 
     def shutdown_request(self, request: Any) -> None:
         """Called to shutdown and close an individual request."""

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import socketserver
 import struct
 import subprocess
 import sys
@@ -520,7 +521,7 @@ def test_v1_through_rfile(impl: Impl, mode: str) -> None:
     assert got["client"] == ["192.0.2.7", 51000]
     assert got["proxy"][0] == TRUSTED
     assert got["command"] == "PROXY" and got["line"] == "hello\n"
-    # The header went through the backend's own reader.
+    # The handler reads the rest through the backend's own reader.
     expected = "fastserver._core.StreamReader" if impl.name == "cython" \
         else "_io.BufferedReader"
     assert got["rfile"] == expected
@@ -716,13 +717,86 @@ def test_unbuffered_and_plain_handlers(impl: Impl) -> None:
                 b"192.0.2.8 two\n"
 
 
-def test_handler_class_identity(impl: Impl) -> None:
-    handler = make_handler(impl)
-    made = proxy._proxied_handler(handler)
-    assert made is proxy._proxied_handler(handler)
-    assert issubclass(made, handler)
-    assert (made.__name__, made.__qualname__, made.__module__) == (
-        handler.__name__, handler.__qualname__, handler.__module__)
+def test_handler_is_the_users_class(impl: Impl) -> None:
+    """The handler is an instance of the handler class itself (no subclass
+    is made), and its attributes are set before its setup() runs."""
+    seen: List[Any] = []
+
+    class Plain(impl.ss.StreamRequestHandler):  # type: ignore[name-defined]
+        def setup(self) -> None:
+            seen.append((type(self), self.client_address, self.proxy_address,
+                         self.proxy_header.version, self.proxy_tlvs))
+            super().setup()
+
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline())
+
+    with proxied(impl, Plain, proxy_protocol="auto") as server:
+        assert exchange(server, V1_LINE + b"ok\n") == b"ok\n"
+    [(kind, client, proxy_address, version, tlvs)] = seen
+    assert kind is Plain and client == ("192.0.2.7", 51000)
+    assert proxy_address[0] == TRUSTED and version == 1 and tlvs == ()
+    assert not hasattr(proxy, "_proxied_handler")
+
+
+@pytest.mark.parametrize("kind", ["buffered", "unbuffered", "plain"])
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_no_byte_lost_after_the_header(impl: Impl, kind: str, version: str) -> None:
+    """The header and 200 KB after it in one send: the handler's first byte
+    is the first byte after the header, whatever reads it."""
+    payload = bytes(range(256)) * 800
+    header = V1_LINE if version == "v1" else v2(inet4("192.0.2.8"))
+
+    class Stream(impl.ss.StreamRequestHandler):  # type: ignore[name-defined]
+        rbufsize = 0 if kind == "unbuffered" else -1
+
+        def handle(self) -> None:
+            data = b""
+            while len(data) < len(payload):  # unbuffered: short reads
+                chunk = self.rfile.read(len(payload) - len(data))
+                if not chunk:
+                    break
+                data += chunk
+            self.wfile.write(b"%d %s\n" % (len(data), b"ok" if data == payload else b"bad"))
+
+    class Plain(impl.ss.BaseRequestHandler):  # type: ignore[name-defined]
+        def handle(self) -> None:
+            data = b""
+            while len(data) < len(payload):
+                chunk = self.request.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            self.request.sendall(b"%d %s\n" % (len(data), b"ok" if data == payload else b"bad"))
+
+    handler = Plain if kind == "plain" else Stream
+    with proxied(impl, handler, proxy_protocol="auto") as server:
+        assert exchange(server, header + payload) == b"%d ok\n" % len(payload)
+
+
+def test_proxy_header_received_hook(impl: Impl) -> None:
+    """proxy_header_received(handler, header) runs before setup(), once the
+    attributes are set; an override may take more from the header."""
+    calls: List[Any] = []
+
+    class Server(impl.ss.ProxyProtocolMixIn, impl.ss.ThreadingTCPServer):  # type: ignore[name-defined]
+        trusted_proxies = ["127.0.0.1"]
+        daemon_threads = True
+
+        def proxy_header_received(self, handler: Any, header: Any) -> None:
+            super().proxy_header_received(handler, header)
+            calls.append((handler.client_address, handler.proxy_header is header,
+                          hasattr(handler, "rfile")))
+            handler.request_id = header.unique_id
+
+    class Handler(impl.ss.StreamRequestHandler):  # type: ignore[name-defined]
+        def handle(self) -> None:
+            self.wfile.write(self.request_id + b" " + self.rfile.readline())
+
+    header = v2(inet4("192.0.2.9") + tlv(0x05, b"id-1"))
+    with serving(Server((HOST, 0), Handler)) as server:
+        assert exchange(server, header + b"x\n") == b"id-1 x\n"
+    assert calls == [(("192.0.2.9", 40000), True, False)]
 
 
 def test_configuration_errors(impl: Impl) -> None:
@@ -735,6 +809,9 @@ def test_configuration_errors(impl: Impl) -> None:
         make_server(impl, make_handler(impl), trusted_proxies=["not-a-network"])
     with pytest.raises(ValueError, match="proxy_untrusted"):
         make_server(impl, make_handler(impl), proxy_untrusted="maybe")
+    with pytest.raises(TypeError, match="needs a fastserver server class"):
+        type("Stdlib", (impl.ss.ProxyProtocolMixIn, socketserver.TCPServer),
+             {"trusted_proxies": ["127.0.0.1"]})((HOST, 0), make_handler(impl))
 
 
 def test_many_concurrent_connections(impl: Impl) -> None:
