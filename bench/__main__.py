@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.png:
         report.draw_png(doc, args.png)
     if args.profile:
-        print(f"profiles in {args.profile}/  (compare: python -m pstats {args.profile}/<workload>-pure.prof)")
+        profiles = Path(args.profile)
+        print(f"profiles in {profiles}{os.sep}  (compare: python -m pstats {profiles / '<workload>-pure.prof'})")
     print(f"elapsed {doc['elapsed_s']}s")
     if doc["mismatches"]:
         print(f"bench: {doc['mismatches']} mismatched replies: results are INVALID", file=sys.stderr)

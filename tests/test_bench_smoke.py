@@ -136,7 +136,7 @@ def test_user_handler_is_profiled_per_impl(tmp_path: Path) -> None:
     proc, doc = run_bench(
         ["--handler", "smoke_user_handlers:ReadlineEcho", "--server", "ThreadingTCPServer", "--verify-echo"]
         + ["--workload", "pingpong", "--impl", "pure", "--impl", "stdlib"]
-        + ["--duration", "0.5", "--warmup", "0.2", "--reps", "1", "--profile", str(prof_dir)],
+        + ["--duration", "0.5", "--warmup", "0.2", "--reps", "1", "--profile", f"{prof_dir}/"],
         tmp_path / "bench.json",
         PYTHONPATH=str(tmp_path),
     )
@@ -151,6 +151,7 @@ def test_user_handler_is_profiled_per_impl(tmp_path: Path) -> None:
         # The handler runs in worker threads, so this also proves they were profiled.
         assert ("smoke_user_handlers.py", "handle") in functions, impl
     assert not list(prof_dir.glob("*.rep*.prof")), "per-repetition profiles were not merged"
+    assert f"profiles in {prof_dir}/  (compare: python -m pstats {prof_dir}/<workload>-pure.prof)" in proc.stdout
 
 
 def test_corrupted_reply_marks_the_run_invalid(tmp_path: Path) -> None:
