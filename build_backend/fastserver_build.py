@@ -41,15 +41,18 @@ def cython_requirements() -> List[str]:
 
 def get_requires_for_build_wheel(
         config_settings: Optional[Dict[str, Any]] = None) -> List[str]:
-    return _setuptools.get_requires_for_build_wheel(config_settings) + cython_requirements()
+    requires: List[str] = _setuptools.get_requires_for_build_wheel(config_settings)
+    return requires + cython_requirements()
 
 
 def get_requires_for_build_editable(
         config_settings: Optional[Dict[str, Any]] = None) -> List[str]:
-    return _setuptools.get_requires_for_build_editable(config_settings) + cython_requirements()
+    requires: List[str] = _setuptools.get_requires_for_build_editable(config_settings)
+    return requires + cython_requirements()
 
 
 def get_requires_for_build_sdist(
         config_settings: Optional[Dict[str, Any]] = None) -> List[str]:
     # An sdist ships the generated C, so making one runs Cython.
-    return _setuptools.get_requires_for_build_sdist(config_settings) + cython_requirements()
+    requires: List[str] = _setuptools.get_requires_for_build_sdist(config_settings)
+    return requires + cython_requirements()

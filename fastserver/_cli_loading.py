@@ -71,8 +71,9 @@ def user_traceback(exc: BaseException) -> str:
 
 
 def _is_module_or_parent(missing: Optional[str], module_name: str) -> bool:
-    return bool(missing) and (missing == module_name
-                              or module_name.startswith(missing + "."))
+    if not missing:
+        return False
+    return missing == module_name or module_name.startswith(missing + ".")
 
 
 def import_module(module_name: str, spec: str) -> Any:
