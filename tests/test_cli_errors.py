@@ -77,18 +77,18 @@ def test_target_that_is_not_a_handler(impl: Impl, args: List[str], expected: str
 ], ids=["tcp-url", "udp-url", "unix-url", "host-only", "name-only", "ipv6-only",
         "ipv6-unbracketed", "ipv6-no-port", "port-name", "port-range", "unix-empty"])
 def test_bad_bind(impl: Impl, bind: str, expected: str) -> None:
-    message = error_line(fastserver_run(impl, ["cli_app:Echo", "--bind", bind]), 2)
+    message = error_line(fastserver_run(impl, ["prefork_app:Echo", "--bind", bind]), 2)
     assert expected in message
     if "://" in bind:
         assert "brackets" not in message
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["cli_app:Echo", "--server", "UDPServer"],
-     "cli_app:Echo is a stream handler (StreamRequestHandler) but UDPServer is a datagram "
+    (["prefork_app:Echo", "--server", "UDPServer"],
+     "prefork_app:Echo is a stream handler (StreamRequestHandler) but UDPServer is a datagram "
      "server: choose a stream --server"),
-    (["cli_app:Echo", "--udp"],
-     "cli_app:Echo is a stream handler (StreamRequestHandler) but ThreadingUDPServer is a "
+    (["prefork_app:Echo", "--udp"],
+     "prefork_app:Echo is a stream handler (StreamRequestHandler) but ThreadingUDPServer is a "
      "datagram server: drop --udp"),
     (["prefork_app:UDPEcho"],
      "prefork_app:UDPEcho is a datagram handler (DatagramRequestHandler) but "
@@ -101,7 +101,7 @@ def test_handler_and_server_kinds_must_match(impl: Impl, args: List[str], expect
 
 
 def test_signal_handler_must_be_callable(impl: Impl) -> None:
-    result = fastserver_run(impl, ["cli_app:Echo", "--signal-handler", "cli_app:NOT_CALLABLE"] + TCP)
+    result = fastserver_run(impl, ["prefork_app:Echo", "--signal-handler", "cli_app:NOT_CALLABLE"] + TCP)
     assert error_line(result, 2) == "--signal-handler cli_app:NOT_CALLABLE is a int, not a function"
 
 
@@ -144,7 +144,7 @@ def test_address_in_use(impl: Impl) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = fastserver_run(impl, ["cli_app:Echo", "--bind", "127.0.0.1:%d" % port])
+        result = fastserver_run(impl, ["prefork_app:Echo", "--bind", "127.0.0.1:%d" % port])
     message = error_line(result, 1)
     assert message.startswith("cannot listen on 127.0.0.1:%d: " % port)
     assert "Address already in use" in message
@@ -154,7 +154,7 @@ def test_address_in_use(impl: Impl) -> None:
 def test_path_that_is_not_a_socket(impl: Impl, tmp_path: Path) -> None:
     path = tmp_path / "regular-file"
     path.write_text("")
-    result = fastserver_run(impl, ["cli_app:Echo", "--bind", "unix:%s" % path])
+    result = fastserver_run(impl, ["prefork_app:Echo", "--bind", "unix:%s" % path])
     assert error_line(result, 1) == "--bind unix:%s: the path exists and is not a socket" % path
     assert path.exists()
 
@@ -188,7 +188,7 @@ def test_stale_socket_this_user_may_not_replace(impl: Impl, tmp_path: Path, case
         expected = ("a socket file is in the way and this user may not connect to it to see "
                     "whether it is stale")
     try:
-        result = fastserver_run(impl, ["cli_app:Echo", "--bind", "unix:%s" % path],
+        result = fastserver_run(impl, ["prefork_app:Echo", "--bind", "unix:%s" % path],
                                 prefix=without_file_permission_override())
     finally:
         os.chmod(str(directory), 0o755)
@@ -216,7 +216,7 @@ def test_console_script(impl: Impl) -> None:
     env = backend_env(impl.name)
     version = subprocess.run([script, "--version"], env=env, capture_output=True, text=True, timeout=30)
     assert version.returncode == 0 and version.stdout.startswith("fastserver "), version.stderr
-    error = subprocess.run([script, "run", "cli_app:Echo", "--bind", "0.0.0.0"], env=env, cwd=SCRIPTS,
+    error = subprocess.run([script, "run", "prefork_app:Echo", "--bind", "0.0.0.0"], env=env, cwd=SCRIPTS,
                            capture_output=True, text=True, timeout=30)
     assert error.returncode == 2
     assert error.stderr.splitlines() == [

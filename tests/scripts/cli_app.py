@@ -8,8 +8,6 @@ import os
 import signal
 from typing import Any
 
-import fastserver
-
 log = logging.getLogger("cli_app")
 
 
@@ -22,19 +20,6 @@ class NotAHandler:
 
 def not_a_class(*args: Any) -> None:
     """A function where a handler class belongs."""
-
-
-class Echo(fastserver.StreamRequestHandler):
-    def handle(self) -> None:
-        for line in self.rfile:
-            self.wfile.write(line)
-
-
-class BareEcho(fastserver.BaseRequestHandler):
-    """Neither stream nor datagram: fits either kind of server."""
-
-    def handle(self) -> None:
-        self.request.sendall(self.request.recv(1024))
 
 
 NOT_CALLABLE = 42
