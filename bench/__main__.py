@@ -222,6 +222,7 @@ def run_all(args: argparse.Namespace, cfg: RunConfig) -> dict[str, Any]:
         progress.close()
     doc["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     doc["mismatches"] = report.total_mismatches(doc)
+    doc["invalid"] = list(report.invalid_rows(doc))
     doc["failed"] = list(report.failed_rows(doc))
     return doc
 
@@ -277,10 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.png:
         report.draw_png(doc, args.png)
     if args.profile:
-        print(f"profiles in {args.profile}/  (compare: python -m pstats {args.profile}/<workload>-pure.prof)")
+        profiles = Path(args.profile)
+        print(f"profiles in {profiles}{os.sep}  (compare: python -m pstats {profiles / '<workload>-pure.prof'})")
     print(f"elapsed {doc['elapsed_s']}s")
     if doc["mismatches"]:
         print(f"bench: {doc['mismatches']} mismatched replies: results are INVALID", file=sys.stderr)
+    if doc["invalid"]:
+        print(f"bench: INVALID runs (a mismatch, or no replies) in {', '.join(doc['invalid'])}", file=sys.stderr)
         return 1
     if doc["failed"]:
         print(f"bench: runs failed in {', '.join(doc['failed'])}", file=sys.stderr)

@@ -4,11 +4,10 @@ from __future__ import annotations
 import statistics
 from typing import Any, Iterable
 
+from .runner import BUSY_CPUS
+
 METRICS = ("rate", "p50_us", "p99_us", "rss_kb", "shutdown_ms")
 NOTE_COUNTERS = ("errors", "mismatches", "lost", "late", "server_errors")
-# Above this many CPUs' worth of work by other processes during a run, say so:
-# below it is mostly /proc/stat's 10 ms granularity.
-BUSY_CPUS = 0.3
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -76,7 +75,10 @@ def _notes(row: dict[str, Any]) -> str:
         total = sum(r.get(counter) or 0 for r in runs)
         if total:
             notes.append(f"{counter}={total:,}")
-    if any(not r.get("valid", True) for r in runs):
+    silent = [r["invalid_reason"] for r in runs if r.get("invalid_reason")]
+    if silent:
+        notes.insert(0, f"INVALID ({silent[0]})")
+    if any(r.get("mismatches") for r in runs):
         notes.insert(0, "INVALID (mismatch)")
     if any(r.get("verified") is False for r in runs):
         notes.append("replies counted, not verified")
@@ -229,6 +231,15 @@ def draw_png(doc: dict[str, Any], path: str) -> None:
 
 def total_mismatches(doc: dict[str, Any]) -> int:
     return sum(row.get("mismatches", 0) for w in doc["workloads"].values() for row in w["rows"].values())
+
+
+def invalid_rows(doc: dict[str, Any]) -> Iterable[str]:
+    """workload/impl of every row with a run that counts for nothing: a
+    mismatched reply, or no replies at all."""
+    for w in doc["workloads"].values():
+        for impl, row in w["rows"].items():
+            if any(not r.get("valid", True) for r in row.get("runs", [])):
+                yield f"{w['name']}/{impl}"
 
 
 def failed_rows(doc: dict[str, Any]) -> Iterable[str]:

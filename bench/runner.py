@@ -18,6 +18,9 @@ from . import machine
 from .workloads import Workload
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Above this many CPUs' worth of work by other processes during a run, say so:
+# below it is mostly /proc/stat's 10 ms granularity.
+BUSY_CPUS = 0.3
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 STDERR_TAIL = 2000
@@ -246,6 +249,26 @@ def count_server_errors(stderr: str) -> int:
     return stderr.count("Exception occurred during processing") or stderr.count("Traceback")
 
 
+def no_replies_reason(result: dict[str, Any], server_stderr: str) -> str:
+    """Why a run counts as INVALID for having no replies (or no bytes), or
+    "" when it had some. A silent run measures nothing: its rate of 0 would
+    otherwise pull a median down as if it were a result."""
+    if result.get("count") and result.get("bytes"):
+        return ""
+    facts = [f"no replies in the {result.get('duration', 0):.1f} s measured window"]
+    facts.append(f"{result.get('connects', 0):,} connects")
+    for counter in ("errors", "lost", "late"):
+        if result.get(counter):
+            facts.append(f"{counter}={result[counter]:,}")
+    if result.get("first_error"):
+        facts.append(f"first error: {result['first_error']}")
+    foreign = result.get("foreign_cpus") or 0.0
+    if foreign > BUSY_CPUS:
+        facts.append(f"the machine was busy: other processes used {foreign:.1f} CPU")
+    reason = "; ".join(facts)
+    return with_last_line(reason + "; server stderr", server_stderr) if server_stderr.strip() else reason
+
+
 def run_once(w: Workload, impl: str, cfg: RunConfig, profile: Path | None = None) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="fsbench-") as tmp:
         unix_path = os.path.join(tmp, "echo.sock")
@@ -296,4 +319,7 @@ def run_once(w: Workload, impl: str, cfg: RunConfig, profile: Path | None = None
             server_stderr_tail=stderr[-STDERR_TAIL:],
             loadgen_stderr=proc.stderr[-STDERR_TAIL:],
         )
+        silent = no_replies_reason(result, stderr)
+        if silent:
+            result.update(valid=False, invalid_reason=silent)
         return Outcome("ok", result=result)

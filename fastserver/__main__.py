@@ -1,8 +1,8 @@
-"""``python -m fastserver``: see fastserver.cli."""
+"""``python -m fastserver``: the ``fastserver`` command (see fastserver.cli)."""
 
 import sys
 
 from .cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m fastserver"))

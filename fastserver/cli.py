@@ -1,8 +1,10 @@
-"""The ``python -m fastserver`` command.
+"""The ``fastserver`` command (also ``python -m fastserver``).
 
-``python -m fastserver run MODULE:HANDLER [options]`` serves a request
-handler class with a fastserver server class in pre-forked workers (see
-fastserver.prefork).
+``fastserver run MODULE:HANDLER [options]`` serves a request handler class
+with a fastserver server class in pre-forked workers (see
+fastserver.prefork). Every problem is reported as one line naming what is
+wrong: exit status 2 (with run's usage) for the command line, 1 for the
+environment (see fastserver._cli_loading).
 
 The parser is built from small functions so that options can be added
 without touching the others: ``add_run_arguments()`` adds each group, and
@@ -13,22 +15,26 @@ class attribute per option.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
+import ipaddress
 import logging
 import os
+import platform
+import signal
 import socket
 import stat
 import sys
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from . import activation, servers
+from ._cli_loading import (ImportFailed, SetupError, UsageError, handler_kind,
+                           load_handler, load_object)
 from .pool import ThreadPoolMixIn
 from .proxy import ProxyProtocolMixIn, _networks
 from .prefork import Supervisor
 
 __all__ = ["main", "build_parser", "add_run_arguments", "parse_bind",
-           "load_object", "server_class_for", "make_server"]
+           "load_object", "server_class_for", "make_server",
+           "UsageError", "SetupError"]
 
 log = logging.getLogger("fastserver.cli")
 
@@ -40,20 +46,32 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def version_line() -> str:
+    import fastserver
+
+    return "fastserver %s (%s backend, %s %s)" % (
+        fastserver.__version__, fastserver.backend,
+        platform.python_implementation(), platform.python_version())
+
+
+def build_parser(prog: str = "fastserver") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m fastserver",
+        prog=prog,
         description="Serve socketserver request handlers with fastserver.")
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     run = commands.add_parser(
         "run", help="serve a request handler in pre-forked worker processes",
+        # One line, so that an error shows it above itself; --help lists
+        # the options.
+        usage="%(prog)s MODULE:HANDLER [options]",
         description="Serve MODULE:HANDLER (a request handler class) with a "
                     "fastserver server class in pre-forked worker processes. "
                     "SIGTERM drains (no accepted connection is lost), SIGINT "
                     "stops fast, SIGHUP replaces the workers.")
     add_run_arguments(run)
-    run.set_defaults(func=run_command)
+    run.set_defaults(func=run_command, command_parser=run)
     return parser
 
 
@@ -93,6 +111,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_GRACEFUL_TIMEOUT,
         help="seconds in-flight requests get to finish after SIGTERM "
              "(default %g)" % DEFAULT_GRACEFUL_TIMEOUT)
+    processes.add_argument(
+        "--signal-handler", metavar="MODULE:FUNC", default=None,
+        help="call FUNC(signum, server) in each worker when the supervisor "
+             "receives SIGUSR1 or SIGUSR2 (it forwards them to the workers)")
     proxy = parser.add_argument_group(
         "PROXY protocol",
         "accept the original client's address from a load balancer "
@@ -169,45 +191,61 @@ def _non_negative_float(text: str) -> float:
 
 def parse_bind(text: str) -> Tuple[int, Any]:
     """(address_family, server_address) for a --bind value."""
+    what = "--bind %r" % (text,)
     if text.startswith("unix:"):
         path = text[len("unix:"):]
+        if path.startswith("//"):
+            raise UsageError("%s: no URL scheme; write unix:%s" % (what, path[2:]))
         if not path:
-            raise ValueError("unix: needs a path")
+            raise UsageError("%s: unix: needs a path" % what)
         return socket.AF_UNIX, path
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        hint = " and add --udp" if scheme.lower() == "udp" else ""
+        raise UsageError("%s: no URL scheme; write %s%s"
+                         % (what, rest.rstrip("/") or "HOST:PORT", hint))
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep:
-            raise ValueError("expected [IPV6]:PORT, got %r" % (text,))
-        return socket.AF_INET6, (host, _port(port))
+            raise UsageError("%s: expected [IPV6]:PORT" % what)
+        return socket.AF_INET6, (host, _port(port, what))
+    if _is_ip(text, 6):
+        host, _, last = text.rpartition(":")
+        if last.isdigit() and _is_ip(host, 6):
+            # Ambiguous (::1:9000 is an address too): the likelier reading first.
+            raise UsageError("%s: put IPv6 addresses in brackets: [%s]:%s "
+                             "(or [%s]:PORT)" % (what, host, last, text))
+        raise UsageError("%s has no port; write [%s]:PORT" % (what, text))
     if ":" not in text:
-        return socket.AF_INET, ("127.0.0.1", _port(text))
+        if text.isdigit():
+            return socket.AF_INET, ("127.0.0.1", _port(text, what))
+        raise UsageError("%s has no port; write %s:PORT (or PORT alone for "
+                         "127.0.0.1)" % (what, text))
     host, _, port = text.rpartition(":")
     if ":" in host:
-        raise ValueError("put IPv6 addresses in brackets: [%s]:%s" % (host, port))
-    return socket.AF_INET, (host or "0.0.0.0", _port(port))
+        if _is_ip(host, 6):
+            raise UsageError("%s: put IPv6 addresses in brackets: [%s]:%s"
+                             % (what, host, port))
+        raise UsageError("%s: expected HOST:PORT, [IPV6]:PORT, PORT or "
+                         "unix:PATH" % what)
+    return socket.AF_INET, (host or "0.0.0.0", _port(port, what))
 
 
-def _port(text: str) -> int:
+def _is_ip(text: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
+
+
+def _port(text: str, what: str) -> int:
     try:
         port = int(text)
     except ValueError:
-        raise ValueError("not a port number: %r" % (text,))
+        raise UsageError("%s: not a port number: %r" % (what, text)) from None
     if not 0 <= port <= 65535:
-        raise ValueError("port out of range: %d" % port)
+        raise UsageError("%s: port out of range: %d" % (what, port))
     return port
-
-
-def load_object(spec: str) -> Any:
-    """Import MODULE:ATTR (ATTR may be dotted) and return the attribute."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError("expected MODULE:NAME, got %r" % (spec,))
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _named_server_class(name: str) -> type:
@@ -217,7 +255,7 @@ def _named_server_class(name: str) -> type:
         import fastserver
         cls = getattr(fastserver, name, None)
     if not (isinstance(cls, type) and issubclass(cls, servers.BaseServer)):
-        raise ValueError("not a fastserver server class: %r" % (name,))
+        raise UsageError("--server %s: not a fastserver server class" % (name,))
     return cls
 
 
@@ -239,11 +277,11 @@ def server_class_for(args: argparse.Namespace, family: int) -> type:
         base = _named_server_class(args.server)
     base_socket_type = getattr(base, "socket_type", socket.SOCK_STREAM)
     if args.udp and base_socket_type != socket.SOCK_DGRAM:
-        raise ValueError("--udp needs a datagram server class, not %s"
+        raise UsageError("--udp needs a datagram server class, not %s"
                          % base.__name__)
     base_family = getattr(base, "address_family", socket.AF_INET)
     if unix != (base_family == socket.AF_UNIX):
-        raise ValueError("%s serves %s addresses; --bind %s needs a %s class"
+        raise UsageError("%s serves %s addresses; --bind %s needs a %s class"
                          % (base.__name__, "Unix" if base_family == socket.AF_UNIX
                             else "IP", "unix:PATH" if unix else "HOST:PORT",
                             "Unix" if unix else "TCP/UDP"))
@@ -252,10 +290,10 @@ def server_class_for(args: argparse.Namespace, family: int) -> type:
     name = base.__name__
     if args.threads is not None:
         if issubclass(base, servers.ForkingMixIn):
-            raise ValueError("--threads cannot be combined with %s" % name)
+            raise UsageError("--threads cannot be combined with %s" % name)
         if not issubclass(base, ThreadPoolMixIn):
             if issubclass(base, servers.ThreadingMixIn) and \
-                    base.__module__ == servers.ThreadingMixIn.__module__:
+                    vars(servers).get(base.__name__) is base:
                 # One of ours: its pool twin drops ThreadingMixIn.
                 base = next(c for c in base.__mro__
                             if issubclass(c, servers.BaseServer)
@@ -279,10 +317,10 @@ def server_class_for(args: argparse.Namespace, family: int) -> type:
         attrs["allow_reuse_address"] = True
     if getattr(args, "proxy_protocol", None) is not None:
         if base_socket_type != socket.SOCK_STREAM:
-            raise ValueError("--proxy-protocol needs a stream server, not %s"
+            raise UsageError("--proxy-protocol needs a stream server, not %s"
                              % base.__name__)
         if not args.trusted_proxy:
-            raise ValueError("--proxy-protocol needs at least one "
+            raise UsageError("--proxy-protocol needs at least one "
                              "--trusted-proxy")
         if not issubclass(base, ProxyProtocolMixIn):
             bases = (ProxyProtocolMixIn,) + bases
@@ -291,7 +329,7 @@ def server_class_for(args: argparse.Namespace, family: int) -> type:
         attrs["proxy_untrusted"] = args.proxy_untrusted
         attrs["proxy_timeout"] = args.proxy_timeout
     elif getattr(args, "trusted_proxy", None):
-        raise ValueError("--trusted-proxy needs --proxy-protocol")
+        raise UsageError("--trusted-proxy needs --proxy-protocol")
     return type(name, bases, attrs)
 
 
@@ -313,22 +351,60 @@ def _thread_pool_name(base: type) -> str:
     return "ThreadPool" + name
 
 
+def check_handler_fits(handler: type, cls: type, args: argparse.Namespace) -> None:
+    """Refuse a stream handler on a datagram server, and the other way round."""
+    kind = handler_kind(handler)
+    served = "datagram" if getattr(cls, "socket_type", None) == socket.SOCK_DGRAM \
+        else "stream"
+    if kind is None or kind == served:
+        return
+    if kind == "stream":
+        fix = ("drop --udp" if args.udp else
+               "choose a stream --server such as ThreadingTCPServer")
+    else:
+        fix = "add --udp" if args.server is None else \
+            "choose a datagram --server such as ThreadingUDPServer"
+    raise UsageError("%s is a %s handler (%s) but %s is a %s server: %s"
+                     % (args.target, kind, _handler_base_name(handler),
+                        cls.__name__, served, fix))
+
+
+def _handler_base_name(handler: type) -> str:
+    for base in handler.__mro__:
+        if base.__name__ in ("StreamRequestHandler", "DatagramRequestHandler"):
+            return base.__name__
+    return handler.__name__
+
+
 def _remove_stale_unix_socket(path: str) -> None:
-    """Unlink path if it is a Unix socket nobody listens on."""
+    """Unlink path if it is a Unix socket nobody listens on; a SetupError
+    when something is in the way that this user cannot check or remove."""
     try:
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
-            return
+        mode = os.stat(path).st_mode
     except OSError:
         return
+    if not stat.S_ISSOCK(mode):
+        raise SetupError("--bind unix:%s: the path exists and is not a socket"
+                         % path)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(path)
-            log.info("removed stale socket %s", path)
+        except OSError as exc:
+            raise SetupError(
+                "--bind unix:%s: a stale socket (nobody listens on it) is in "
+                "the way and this user may not remove it: %s"
+                % (path, exc.strerror)) from None
+        log.info("removed stale socket %s", path)
+    except PermissionError as exc:
+        raise SetupError(
+            "--bind unix:%s: a socket file is in the way and this user may "
+            "not connect to it to see whether it is stale: %s"
+            % (path, exc.strerror)) from None
     except OSError:
-        pass  # a datagram socket, or no permission: leave it to bind()
+        pass  # a datagram socket: leave it to bind()
     finally:
         probe.close()
 
@@ -338,39 +414,47 @@ def make_server(args: argparse.Namespace) -> Any:
     if getattr(args, "systemd", False):
         return _systemd_server(args)
     family, address = parse_bind(args.bind)
-    handler = load_object(args.target)
-    if not isinstance(handler, type):
-        raise ValueError("%s is not a request handler class" % (args.target,))
+    handler = load_handler(args.target)
     cls = server_class_for(args, family)
+    check_handler_fits(handler, cls, args)
     if family == socket.AF_UNIX:
         _remove_stale_unix_socket(address)
     log.debug("server class %s (%s), handler %s.%s",
               cls.__name__, " < ".join(c.__name__ for c in cls.__mro__[1:-1]),
               handler.__module__, handler.__qualname__)
-    return cls(address, handler)
+    try:
+        return cls(address, handler)
+    except OSError as exc:
+        where = "unix:" + address if family == socket.AF_UNIX else args.bind
+        raise SetupError("cannot listen on %s: %s" % (where, exc)) from None
 
 
 def _systemd_server(args: argparse.Namespace) -> Any:
     """The server on the socket systemd passed (--systemd)."""
     if args.bind != DEFAULT_BIND:
-        raise ValueError("--bind and --systemd exclude each other: the "
+        raise UsageError("--bind and --systemd exclude each other: the "
                          ".socket unit sets the address")
-    handler = load_object(args.target)
-    if not isinstance(handler, type):
-        raise ValueError("%s is not a request handler class" % (args.target,))
-    passed = activation.listen_sockets()
-    if len(passed) != 1:
-        for _, sock in passed:
-            sock.close()
-        raise activation.ActivationError(
-            "--systemd serves one socket; systemd passed %d" % len(passed))
+    handler = load_handler(args.target)
+    try:
+        passed = activation.listen_sockets()
+        if len(passed) != 1:
+            for _, sock in passed:
+                sock.close()
+            raise activation.ActivationError(
+                "--systemd serves one socket; systemd passed %d" % len(passed))
+    except activation.ActivationError as exc:
+        raise SetupError("--systemd: %s" % exc) from None
     sock = passed[0][1]
     try:
         if sock.type == socket.SOCK_DGRAM and not args.udp:
-            raise activation.ActivationError(
-                "the socket systemd passed is a datagram socket: add --udp")
+            raise SetupError("--systemd: the socket systemd passed is a "
+                             "datagram socket: add --udp")
         cls = server_class_for(args, sock.family)
+        check_handler_fits(handler, cls, args)
         server = activation.server_from_socket(cls, handler, sock)
+    except activation.ActivationError as exc:
+        sock.close()
+        raise SetupError("--systemd: %s" % exc) from None
     except BaseException:
         sock.close()
         raise
@@ -380,29 +464,66 @@ def _systemd_server(args: argparse.Namespace) -> Any:
     return server
 
 
+def signal_post_fork(spec: str) -> Callable[[Any, int], None]:
+    """The Supervisor's post_fork for --signal-handler MODULE:FUNC: each
+    worker calls FUNC(signum, server) on SIGUSR1 and SIGUSR2."""
+    func = load_object(spec)
+    if not callable(func):
+        raise UsageError("--signal-handler %s is a %s, not a function"
+                         % (spec, type(func).__name__))
+
+    def install(server: Any, worker_index: int) -> None:
+        def on_signal(signum: int, frame: Any) -> None:
+            try:
+                func(signum, server)
+            except Exception:
+                # A failing handler must not take the worker's serving down.
+                log.exception("worker %d: --signal-handler %s failed on %s",
+                              worker_index, spec, signal.Signals(signum).name)
+
+        for signum in (signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(signum, on_signal)
+
+    return install
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()),
                         format=LOG_FORMAT, stream=sys.stderr)
 
 
+def _error_line(parser: argparse.ArgumentParser, message: str) -> str:
+    # One line, whatever the message carries (an OSError may hold several).
+    return "%s: error: %s\n" % (parser.prog, " ".join(message.split()))
+
+
 def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     setup_logging(args.log_level)
     try:
+        post_fork = None
+        if args.signal_handler is not None:
+            post_fork = signal_post_fork(args.signal_handler)
         server = make_server(args)
-    except activation.ActivationError as exc:
-        log.error("--systemd: %s", exc)
-        return 1
-    except (ValueError, ImportError, AttributeError) as exc:
-        parser.error(str(exc))
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", args.bind, exc)
-        return 1
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(_error_line(parser, str(exc)))
+        return exc.exit_status
+    except ImportFailed as exc:
+        sys.stderr.write(exc.details)
+        sys.stderr.write(_error_line(parser, str(exc)))
+        return exc.exit_status
+    except SetupError as exc:
+        sys.stderr.write(_error_line(parser, str(exc)))
+        return exc.exit_status
     supervisor = Supervisor(server, workers=args.workers,
-                            graceful_timeout=args.graceful_timeout)
+                            graceful_timeout=args.graceful_timeout,
+                            post_fork=post_fork)
     return supervisor.run()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+def main(argv: Optional[Sequence[str]] = None, prog: str = "fastserver") -> int:
+    """The ``fastserver`` console script (``python -m fastserver`` passes
+    its own prog)."""
+    parser = build_parser(prog)
     args = parser.parse_args(None if argv is None else list(argv))
-    return int(args.func(args, parser))
+    return int(args.func(args, args.command_parser))

@@ -198,3 +198,31 @@ def listening_port(pid: int, timeout: float = 10.0) -> int:
         if time.monotonic() > deadline:
             raise AssertionError("no listening socket in process %d" % pid)
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("handler", ["report_signal", "failing_signal"])
+def test_signal_handler_runs_in_the_worker(impl: Impl, handler: str) -> None:
+    """--signal-handler: SIGUSR1/SIGUSR2 to the supervisor reach the
+    function in the worker; one that raises is logged, and the worker
+    keeps serving."""
+    with Supervised.command(["prefork_app:Echo", "--workers", "1",
+                             "--signal-handler", "cli_app:" + handler] + TCP,
+                            backend_env(impl.name)) as sup:
+        family, address = sup.address()
+        # Served once: the worker has run post_fork, so the handler is in.
+        assert roundtrip(family, address) == b"hello\n"
+        worker = sup.wait_workers(1)[0]
+        for count, signum in enumerate((signal.SIGUSR1, signal.SIGUSR2, signal.SIGUSR1), 1):
+            sup.send_signal(signum)
+            name = signal.Signals(signum).name
+            if handler == "report_signal":
+                sup.wait_for(r"cli_app: %s in pid %d, server ThreadingTCPServer" % (name, worker))
+                sup.wait_for(r"cli_app: SIGUSR\d in pid", count=count)
+            else:
+                sup.wait_for(r"signal-handler cli_app:failing_signal failed on %s" % name)
+                sup.wait_for(r"failed on SIGUSR\d", count=count)
+        assert roundtrip(family, address) == b"hello\n"
+        assert sup.children() == [worker]
+        stop(sup)
+    if handler == "failing_signal":
+        assert "RuntimeError: this --signal-handler fails" in sup.log

@@ -16,8 +16,8 @@ from typing import Any, Callable, List
 
 import pytest
 
-from conftest import (HOST, Impl, close_dgram_client, connect, dgram_client,
-                      recv_until, server_address)
+from conftest import (HOST, Impl, close_dgram_client, closing_server, connect,
+                      dgram_client, recv_until, server_address)
 
 SERVER_HOOKS = [
     "server_bind", "server_activate", "get_request", "verify_request",
@@ -305,7 +305,7 @@ def test_attributes_seen_by_handler(ref_impl: Impl) -> None:
 
     for family in (socket.AF_INET, socket.AF_UNIX):
         cls = ss.TCPServer if family == socket.AF_INET else ss.UnixStreamServer
-        with cls(server_address(family), Handler) as server:
+        with closing_server(cls(server_address(family), Handler)) as server:
             assert server.RequestHandlerClass is Handler
             assert server.server_address == server.socket.getsockname()
             with connect(server) as client:

@@ -1,9 +1,9 @@
 """The PROXY protocol against a real HAProxy (Debian's ``haproxy``
 package), on each backend; all traffic on loopback.
 
-These tests fail, rather than skip, when haproxy is not installed: CI
-installs it (``apt-get install haproxy``), and a skipped test would hide
-that it did not.
+Without haproxy these tests skip, naming the package to install; CI sets
+FASTSERVER_REQUIRE_EXTERNALS=1, which makes them fail instead (see
+tests/externals.py), so a missing haproxy cannot go unnoticed there.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any, Dict, Iterator, List, Optional, Set
 import pytest
 
 from conftest import HOST, Impl, backend_env, recv_until, serving
+from externals import require_haproxy
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
 
@@ -33,17 +33,6 @@ DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       "deploy")
 CLIENT_SOURCE = "127.0.0.5"  # a client on another loopback address
 FORGER = "127.0.0.6"          # neither the client nor the proxy
-
-
-def haproxy_binary() -> str:
-    found = shutil.which("haproxy") or next(
-        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
-         if os.access(p, os.X_OK)), None)
-    if found is None:
-        pytest.fail("haproxy is not installed: these tests need Debian's "
-                    "haproxy package (apt-get install -y haproxy); .ci/run "
-                    "installs it", pytrace=False)
-    return found
 
 
 def free_port() -> int:
@@ -71,7 +60,7 @@ def wait_listening(port: int, proc: subprocess.Popen, log_path: str,
 def running_haproxy(config: str, tmp_path: Any, port: int,
                     env: Optional[Dict[str, str]] = None) -> Iterator[str]:
     """haproxy in the foreground on config (a path); yields its log path."""
-    binary = haproxy_binary()
+    binary = require_haproxy()
     log_path = str(tmp_path / "haproxy.log")
     full_env = dict(os.environ)
     full_env.update(env or {})

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from typing import Any, Dict, List
 import pytest
 
 from conftest import HOST, Impl, backend_env, recv_until, unix_path
+from externals import require_socket_activate
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
 sys.path.insert(0, SCRIPTS)
@@ -29,16 +29,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="systemd is Linux only")
 
 V1_LINE = b"PROXY TCP4 192.0.2.7 127.0.0.1 51000 8080\r\n"
-
-
-def socket_activate() -> str:
-    found = shutil.which("systemd-socket-activate") or (
-        "/usr/bin/systemd-socket-activate"
-        if os.access("/usr/bin/systemd-socket-activate", os.X_OK) else None)
-    if found is None:
-        pytest.fail("systemd-socket-activate is not installed (Debian package "
-                    "systemd)", pytrace=False)
-    return found
 
 
 def passed_env(env: Dict[str, str]) -> List[str]:
@@ -89,7 +79,7 @@ def ask(address: Any, line: bytes = b"hello\n", family: int = socket.AF_INET,
 def test_server_from_systemd(impl: Impl) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [socket_activate(), "-l", "%s:%d" % (HOST, port)] + passed_env(env_for(impl))
+        [require_socket_activate(), "-l", "%s:%d" % (HOST, port)] + passed_env(env_for(impl))
         + [sys.executable,
          os.path.join(SCRIPTS, "systemd_app.py"), "ThreadingTCPServer"],
         env=env_for(impl), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -179,7 +169,7 @@ def activated(impl: Impl, listen: List[str], options: List[str]) -> Supervised:
     """``systemd-socket-activate LISTEN python -m fastserver run OPTIONS``,
     followed by Supervised (exec_argv keeps one pid throughout)."""
     env = env_for(impl)
-    return Supervised([os.path.join(SCRIPTS, "exec_argv.py"), socket_activate()]
+    return Supervised([os.path.join(SCRIPTS, "exec_argv.py"), require_socket_activate()]
                       + passed_env(env) + listen
                       + [sys.executable, "-m", "fastserver", "run"]
                       + options, env)
