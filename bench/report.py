@@ -5,7 +5,7 @@ import statistics
 from typing import Any, Iterable
 
 METRICS = ("rate", "p50_us", "p99_us", "rss_kb", "shutdown_ms")
-NOTE_COUNTERS = ("errors", "mismatches", "lost", "late", "server_errors")
+NOTE_COUNTERS = ("errors", "mismatches", "lost", "late", "server_errors", "closed_by_server")
 # Above this many CPUs' worth of work by other processes during a run, say so:
 # below it is mostly /proc/stat's 10 ms granularity.
 BUSY_CPUS = 0.3

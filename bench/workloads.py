@@ -39,7 +39,8 @@ class Workload:
             "udp": f"{self.depth} datagrams of 64 bytes in flight",
             "unix": f"{self.conns} AF_UNIX connections, one line in flight each",
             "bulk": f"{self.conns} connections, 64 KiB writes",
-            "http": f"{self.conns} HTTP/1.1 keep-alive connection{'s' * (self.conns > 1)}, one GET in flight each",
+            "http": f"{self.conns} HTTP/1.1 connection{'s' * (self.conns > 1)} kept alive (unless the server"
+            " closes), one GET in flight each",
         }[self.mode]
         return f"{self.server_class.replace(':', '.')} + {self.handler.rsplit(':', 1)[-1]}; {load}"
 
