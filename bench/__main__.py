@@ -44,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"{QUICK['reps']} reps x {QUICK['duration']} s after {QUICK['warmup']} s warm-up (under 90 s in all)",
+        help=f"{QUICK['reps']} reps x {QUICK['duration']} s after {QUICK['warmup']} s warm-up (under 2 minutes in all)",
     )
     p.add_argument(
         "--workload",
