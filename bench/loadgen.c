@@ -356,17 +356,26 @@ static void on_line(conn_t *c, const char *line, size_t len, int *stop) {
     if (measuring) { st.count++; st.bytes += len; }
 }
 
-static void read_lines(conn_t *c) {
+/* Appends what the socket holds to c->rbuf: 1 if bytes came, 0 if none are
+ * waiting, -1 if the connection ended (it has been dropped). */
+static int recv_more(conn_t *c) {
     for (;;) {
         ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && errno == EAGAIN) return;
+        if (n < 0 && errno == EAGAIN) return 0;
         if (n <= 0) {
             ERROR("conn %d: %s", c->id, n == 0 ? "server closed the connection" : strerror(errno));
             fail_conn(c);
-            return;
+            return -1;
         }
         c->rlen += (size_t)n;
+        return 1;
+    }
+}
+
+static void read_lines(conn_t *c) {
+    for (;;) {
+        if (recv_more(c) <= 0) return;
         char *p = c->rbuf, *nl;
         size_t left = c->rlen;
         int stop = 0;
@@ -455,15 +464,7 @@ static int http_closes(const char *head, size_t len) {
  * "Connection: close" (werkzeug's dev server always does). */
 static void read_http(conn_t *c) {
     for (;;) {
-        ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && errno == EAGAIN) return;
-        if (n <= 0) {
-            ERROR("conn %d: %s", c->id, n == 0 ? "server closed the connection" : strerror(errno));
-            fail_conn(c);
-            return;
-        }
-        c->rlen += (size_t)n;
+        if (recv_more(c) <= 0) return;
         c->rbuf[c->rlen] = 0; /* so a mismatch report never reads past what arrived */
         size_t head = http_head_len(c->rbuf, c->rlen);
         if (!head) {
