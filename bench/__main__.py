@@ -17,7 +17,15 @@ from typing import Any
 
 from . import build, machine, report
 from .runner import REPO_ROOT, Outcome, RunConfig, machine_busy_seconds, run_once
-from .workloads import IMPLS, PYTHON_IMPLS, WORKLOADS, Workload, customized, family_of_server_class
+from .workloads import (
+    IMPLS,
+    OPTIONAL_WORKLOADS,
+    PYTHON_IMPLS,
+    WORKLOADS,
+    Workload,
+    customized,
+    family_of_server_class,
+)
 
 QUICK = {"reps": 2, "duration": 0.6, "warmup": 0.2}
 FULL = {"reps": 5, "duration": 2.0, "warmup": 0.5}
@@ -36,9 +44,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"{QUICK['reps']} reps x {QUICK['duration']} s after {QUICK['warmup']} s warm-up (under 90 s in all)",
+        help=f"{QUICK['reps']} reps x {QUICK['duration']} s after {QUICK['warmup']} s warm-up (under 2 minutes in all)",
     )
-    p.add_argument("--workload", action="append", metavar="NAME[,NAME]", help=f"one of {', '.join(WORKLOADS)}")
+    p.add_argument(
+        "--workload",
+        action="append",
+        metavar="NAME[,NAME]",
+        help=f"one of {', '.join(WORKLOADS)} (default: all of them), or {', '.join(OPTIONAL_WORKLOADS)}",
+    )
     p.add_argument("--impl", action="append", metavar="NAME[,NAME]", help=f"one of {', '.join(IMPLS)}")
     p.add_argument("--reps", type=int, help=f"repetitions per impl (default {FULL['reps']}, quick {QUICK['reps']})")
     p.add_argument("--duration", type=float, help=f"measured seconds per run (default {FULL['duration']})")
@@ -81,11 +94,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not names and (args.handler or args.server):
             names = [DEFAULT_WORKLOAD_FOR_FAMILY[family_of_server_class(args.server or "ThreadingTCPServer")]]
         names = names or list(WORKLOADS)
-        unknown = sorted(set(names) - set(WORKLOADS))
+        known = {**WORKLOADS, **OPTIONAL_WORKLOADS}
+        unknown = sorted(set(names) - set(known))
         if unknown:
-            p.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+            p.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(known)}")
         args.workloads = [
-            customized(WORKLOADS[n], args.handler, args.server, verify=args.verify_echo or not args.handler)
+            customized(known[n], args.handler, args.server, verify=args.verify_echo or not args.handler)
             for n in dict.fromkeys(names)
         ]
     except ValueError as exc:

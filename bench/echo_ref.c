@@ -4,7 +4,9 @@
  * A single-threaded, non-blocking epoll echo server.  Stream sockets (TCP or
  * AF_UNIX) echo bytes as they arrive, which is exactly what a line echo does to
  * a stream; UDP echoes each datagram to its sender, in recvmmsg()/sendmmsg()
- * batches.  It binds the first free
+ * batches.  With --http, a TCP connection gets one fixed HTTP/1.1 response
+ * (the bench's 64-byte body) for every request head it sends, in one send().
+ * It binds the first free
  * port in [--port-lo, --port-hi] and prints "READY c-reference <address>" once
  * it is listening; SIGTERM/SIGINT stop it cleanly.
  */
@@ -29,11 +31,22 @@
 typedef struct conn {
     int fd;
     size_t len, off; /* unsent bytes are buf[off, len) */
+    int matched;     /* --http: how much of the "\r\n\r\n" ending a request head was read last */
     char buf[BUF_SIZE];
 } conn_t;
 
+/* Must be byte for byte HTTP_BODY in bench/handlers.py and loadgen.c. */
+#define HTTP_BODY "fastserver http-keepalive bench reply: 64 bytes of body, done!!\n"
+static const char HTTP_RESPONSE[] = "HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\n" HTTP_BODY;
+_Static_assert(sizeof HTTP_BODY - 1 == 64, "Content-Length above must match HTTP_BODY");
+#define HTTP_RESPONSE_LEN (sizeof HTTP_RESPONSE - 1)
+/* Each 4 bytes read can end one request head: reads this small can never need
+ * more than BUF_SIZE of responses. */
+#define HTTP_READ 1024
+_Static_assert(HTTP_READ / 4 * HTTP_RESPONSE_LEN <= BUF_SIZE, "HTTP_READ too large for BUF_SIZE");
+
 static volatile sig_atomic_t stopping;
-static int listen_fd, epfd;
+static int listen_fd, epfd, http_mode;
 static conn_t listener_tag;
 
 static void on_signal(int sig) { (void)sig; stopping = 1; }
@@ -62,6 +75,21 @@ static int flush_conn(conn_t *c) {
     return 0;
 }
 
+/* Queues one response per request head completed by in[0, n); the bench's GETs have no body. */
+static size_t answer_http(conn_t *c, const char *in, size_t n) {
+    static const char blank[] = "\r\n\r\n";
+    size_t out = 0;
+    for (size_t i = 0; i < n; i++) {
+        c->matched = in[i] == blank[c->matched] ? c->matched + 1 : in[i] == '\r' ? 1 : 0;
+        if (c->matched == 4) {
+            memcpy(c->buf + out, HTTP_RESPONSE, HTTP_RESPONSE_LEN);
+            out += HTTP_RESPONSE_LEN;
+            c->matched = 0;
+        }
+    }
+    return out;
+}
+
 static void on_stream(conn_t *c, unsigned events) {
     if (c->len) { /* waiting for room to write: reading more would only grow the backlog */
         int r = flush_conn(c);
@@ -70,12 +98,13 @@ static void on_stream(conn_t *c, unsigned events) {
         set_events(c, EPOLLIN);
     }
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
+    char in[HTTP_READ];
     for (;;) {
-        ssize_t n = recv(c->fd, c->buf, BUF_SIZE, 0);
+        ssize_t n = http_mode ? recv(c->fd, in, sizeof in, 0) : recv(c->fd, c->buf, BUF_SIZE, 0);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) return;
         if (n <= 0) { close_conn(c); return; }
-        c->len = (size_t)n;
+        c->len = http_mode ? answer_http(c, in, (size_t)n) : (size_t)n;
         c->off = 0;
         int r = flush_conn(c);
         if (r < 0) { close_conn(c); return; }
@@ -98,6 +127,7 @@ static void on_accept(int is_tcp) {
         if (!c) { close(fd); continue; }
         c->fd = fd;
         c->len = c->off = 0;
+        c->matched = 0;
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
     }
@@ -159,7 +189,7 @@ static int bind_inet(int type, const char *host, int lo, int hi, int *port_out) 
 int main(int argc, char **argv) {
     static struct option longopts[] = {{"tcp", 1, 0, 't'},     {"udp", 1, 0, 'u'},     {"unix", 1, 0, 'x'},
                                        {"port-lo", 1, 0, 'l'}, {"port-hi", 1, 0, 'h'}, {"cpu", 1, 0, 'c'},
-                                       {0, 0, 0, 0}};
+                                       {"http", 0, 0, 'H'},    {0, 0, 0, 0}};
     const char *tcp = NULL, *udp = NULL, *unix_path = NULL;
     int lo = 20000, hi = 30000, cpu = -1, ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -170,13 +200,18 @@ int main(int argc, char **argv) {
         case 'l': lo = atoi(optarg); break;
         case 'h': hi = atoi(optarg); break;
         case 'c': cpu = atoi(optarg); break;
+        case 'H': http_mode = 1; break;
         default:
-            fprintf(stderr, "usage: echo_ref (--tcp HOST | --udp HOST | --unix PATH) [--port-lo N --port-hi N] [--cpu N]\n");
+            fprintf(stderr, "usage: echo_ref (--tcp HOST [--http] | --udp HOST | --unix PATH) [--port-lo N --port-hi N] [--cpu N]\n");
             return 2;
         }
     }
     if (!!tcp + !!udp + !!unix_path != 1) {
         fprintf(stderr, "echo_ref: give exactly one of --tcp, --udp, --unix\n");
+        return 2;
+    }
+    if (http_mode && !tcp) {
+        fprintf(stderr, "echo_ref: --http goes with --tcp\n");
         return 2;
     }
     if (cpu >= 0) {

@@ -5,7 +5,8 @@
  * single core and never becomes the bottleneck through thread scheduling.
  * Every reply is checked byte for byte: payloads are a pure function of
  * (slot, sequence number) or (slot, stream offset), so the expected bytes are
- * regenerated instead of stored.  Results go to stdout as one JSON line;
+ * regenerated instead of stored (http mode checks the status line and a
+ * fixed body, framed by Content-Length).  Results go to stdout as one JSON line;
  * diagnostics go to stderr.
  */
 #define _GNU_SOURCE
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -32,8 +34,8 @@
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
-enum mode { M_PINGPONG, M_PIPELINED, M_PERCONN, M_UDP, M_UNIX, M_BULK };
-static const char *mode_names[] = {"pingpong", "pipelined", "perconn", "udp", "unix", "bulk"};
+enum mode { M_PINGPONG, M_PIPELINED, M_PERCONN, M_UDP, M_UNIX, M_BULK, M_HTTP, N_MODES };
+static const char *mode_names[N_MODES] = {"pingpong", "pipelined", "perconn", "udp", "unix", "bulk", "http"};
 
 enum state { S_IDLE, S_CONNECTING, S_OPEN };
 
@@ -42,6 +44,16 @@ enum state { S_IDLE, S_CONNECTING, S_OPEN };
 #define MAX_EVENTS 256
 #define HIST_US 1000000 /* 1 us buckets up to one second, then an overflow bucket */
 #define MAX_REPORTED 5  /* per kind, so a broken server cannot flood stderr */
+
+/* http mode: one keep-alive GET in flight per connection.  The body must be
+ * byte for byte HTTP_BODY in bench/handlers.py (and echo_ref.c's). */
+static const char HTTP_REQUEST[] = "GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+static const char HTTP_STATUS[] = "HTTP/1.1 200 OK\r\n";
+static const char HTTP_BODY[] = "fastserver http-keepalive bench reply: 64 bytes of body, done!!\n";
+#define HTTP_REQUEST_LEN (sizeof HTTP_REQUEST - 1)
+#define HTTP_STATUS_LEN (sizeof HTTP_STATUS - 1)
+#define HTTP_BODY_LEN (sizeof HTTP_BODY - 1)
+#define HTTP_MAX_RESPONSE 16384 /* head and body; anything longer is a mismatch */
 
 static struct {
     enum mode mode;
@@ -54,7 +66,7 @@ static struct {
 } opt = {M_PINGPONG, "127.0.0.1", 0, NULL, 0, 0, 64, 65536, 0, 2.0, 0.5, 250, 0, -1};
 
 static struct {
-    uint64_t count, bytes, errors, mismatches, lost, late, connects;
+    uint64_t count, bytes, errors, mismatches, lost, late, connects, closed_by_server;
     int reported_errors, reported_mismatches;
     char first_error[200], first_mismatch[200];
 } st;
@@ -66,9 +78,10 @@ typedef struct conn {
     int fd, id;
     enum state state;
     uint64_t sent, rcvd;  /* lines (bulk: bytes) */
-    double t_start;       /* batch send time, or connect time for perconn */
+    double t_start;       /* batch send time, or connect time for perconn and a new http connection */
     double retry_at;
     int want_out;
+    uint64_t sent_at_connect; /* http: c->sent when this connection opened */
     size_t chunk_left;    /* bulk: bytes of the current chunk still to write */
     char *wbuf;
     size_t wlen, woff;
@@ -217,7 +230,7 @@ static void open_conn(conn_t *c) {
     if (family == AF_INET) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (opt.mode == M_PERCONN) {
+        if (opt.mode == M_PERCONN || opt.mode == M_HTTP) { /* http: for servers that close after each reply */
             struct sockaddr_in src;
             next_source_address(&src);
             setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
@@ -232,7 +245,8 @@ static void open_conn(conn_t *c) {
     c->fd = fd;
     c->want_out = 1;
     c->state = S_CONNECTING;
-    if (opt.mode == M_PERCONN) c->t_start = now_s;
+    /* A request that needs a new connection waits for it too. */
+    if (opt.mode == M_PERCONN || opt.mode == M_HTTP) c->t_start = now_s;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
     if (connect(fd, (struct sockaddr *)&server_addr, server_addr_len) < 0 && errno != EINPROGRESS) {
@@ -260,6 +274,15 @@ static void flush_lines(conn_t *c) {
 }
 
 static void start_batch(conn_t *c) {
+    if (opt.mode == M_HTTP) {
+        memcpy(c->wbuf, HTTP_REQUEST, HTTP_REQUEST_LEN);
+        if (c->sent > c->sent_at_connect) c->t_start = now_s; /* else since the connect */
+        c->sent++;
+        c->wlen = HTTP_REQUEST_LEN;
+        c->woff = 0;
+        flush_lines(c);
+        return;
+    }
     int lines = opt.mode == M_PIPELINED ? opt.depth : 1;
     for (int i = 0; i < lines; i++) fill_line(c->wbuf + (size_t)i * opt.size, c->id, c->sent + i, opt.size);
     c->sent += lines;
@@ -308,6 +331,7 @@ static void on_connected(conn_t *c) {
         }
     }
     c->state = S_OPEN;
+    c->sent_at_connect = c->sent;
     st.connects++;
     if (opt.mode == M_BULK) pump_bulk(c);
     else start_batch(c);
@@ -332,17 +356,26 @@ static void on_line(conn_t *c, const char *line, size_t len, int *stop) {
     if (measuring) { st.count++; st.bytes += len; }
 }
 
-static void read_lines(conn_t *c) {
+/* Appends what the socket holds to c->rbuf: 1 if bytes came, 0 if none are
+ * waiting, -1 if the connection ended (it has been dropped). */
+static int recv_more(conn_t *c) {
     for (;;) {
         ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && errno == EAGAIN) return;
+        if (n < 0 && errno == EAGAIN) return 0;
         if (n <= 0) {
             ERROR("conn %d: %s", c->id, n == 0 ? "server closed the connection" : strerror(errno));
             fail_conn(c);
-            return;
+            return -1;
         }
         c->rlen += (size_t)n;
+        return 1;
+    }
+}
+
+static void read_lines(conn_t *c) {
+    for (;;) {
+        if (recv_more(c) <= 0) return;
         char *p = c->rbuf, *nl;
         size_t left = c->rlen;
         int stop = 0;
@@ -375,6 +408,116 @@ static void read_lines(conn_t *c) {
             }
             return;
         }
+    }
+}
+
+/* Length of the response head through its blank line, or 0 while it is incomplete. */
+static size_t http_head_len(const char *p, size_t n) {
+    const char *blank = memmem(p, n, "\r\n\r\n", 4);
+    return blank ? (size_t)(blank - p) + 4 : 0;
+}
+
+/* The value of header `name` (lower case, with its colon) in a complete head,
+ * trimmed of blanks; NULL when the head has no such header. */
+static const char *http_header(const char *head, size_t len, const char *name, size_t *value_len) {
+    const size_t name_len = strlen(name);
+    const char *end = head + len;
+    const char *line = memchr(head, '\n', len); /* past the status line */
+    while (line && ++line < end) {
+        const char *eol = memchr(line, '\n', (size_t)(end - line));
+        if (!eol) break;
+        if ((size_t)(eol - line) >= name_len && strncasecmp(line, name, name_len) == 0) {
+            const char *v = line + name_len, *v_end = eol;
+            while (v < v_end && (*v == ' ' || *v == '\t')) v++;
+            while (v_end > v && (v_end[-1] == ' ' || v_end[-1] == '\t' || v_end[-1] == '\r')) v_end--;
+            *value_len = (size_t)(v_end - v);
+            return v;
+        }
+        line = eol;
+    }
+    return NULL;
+}
+
+/* The Content-Length of a complete head, or -1 when it has none or a malformed one. */
+static long http_content_length(const char *head, size_t len) {
+    size_t vlen;
+    const char *v = http_header(head, len, "content-length:", &vlen);
+    if (!v || vlen == 0 || vlen > 6) return -1;
+    long n = 0;
+    for (size_t i = 0; i < vlen; i++) {
+        if (v[i] < '0' || v[i] > '9') return -1;
+        n = n * 10 + (v[i] - '0');
+    }
+    return n;
+}
+
+/* Whether the server announced it closes the connection after this response. */
+static int http_closes(const char *head, size_t len) {
+    size_t vlen;
+    const char *v = http_header(head, len, "connection:", &vlen);
+    return v && vlen == 5 && strncasecmp(v, "close", 5) == 0;
+}
+
+/* One request is in flight per connection: read its whole response (head up
+ * to the blank line, then Content-Length bytes), check it, send the next on
+ * the same connection, or on a new one when the response said
+ * "Connection: close" (werkzeug's dev server always does). */
+static void read_http(conn_t *c) {
+    for (;;) {
+        if (recv_more(c) <= 0) return;
+        c->rbuf[c->rlen] = 0; /* so a mismatch report never reads past what arrived */
+        size_t head = http_head_len(c->rbuf, c->rlen);
+        if (!head) {
+            if (c->rlen == c->rcap) {
+                MISMATCH("conn %d: no end of the response head in %zu bytes", c->id, c->rlen);
+                fail_conn(c);
+                return;
+            }
+            continue;
+        }
+        if (c->rcvd >= c->sent) {
+            MISMATCH("conn %d: response with no request outstanding: %.40s", c->id, c->rbuf);
+            fail_conn(c);
+            return;
+        }
+        if (!opt.any_reply && memcmp(c->rbuf, HTTP_STATUS, head < HTTP_STATUS_LEN ? head : HTTP_STATUS_LEN) != 0) {
+            MISMATCH("conn %d seq %llu: status line '%.40s'", c->id, (unsigned long long)c->rcvd, c->rbuf);
+            fail_conn(c);
+            return;
+        }
+        long body = http_content_length(c->rbuf, head);
+        if (body < 0 || head + (size_t)body > c->rcap) {
+            MISMATCH("conn %d seq %llu: no usable Content-Length in '%.60s'", c->id, (unsigned long long)c->rcvd,
+                     c->rbuf);
+            fail_conn(c);
+            return;
+        }
+        size_t total = head + (size_t)body;
+        if (c->rlen < total) continue;
+        if (!opt.any_reply && ((size_t)body != HTTP_BODY_LEN || memcmp(c->rbuf + head, HTTP_BODY, HTTP_BODY_LEN) != 0)) {
+            MISMATCH("conn %d seq %llu: body of %ld bytes '%.40s'", c->id, (unsigned long long)c->rcvd, body,
+                     c->rbuf + head);
+            fail_conn(c);
+            return;
+        }
+        if (c->rlen > total) {
+            MISMATCH("conn %d: %zu unexpected bytes after the response", c->id, c->rlen - total);
+            fail_conn(c);
+            return;
+        }
+        int closes = http_closes(c->rbuf, head);
+        c->rcvd++;
+        c->rlen = 0;
+        if (measuring) { st.count++; st.bytes += total; }
+        record_latency(now() - c->t_start);
+        if (closes) {
+            if (measuring) st.closed_by_server++;
+            drop_conn(c, 0);
+            open_conn(c);
+        } else {
+            start_batch(c);
+        }
+        return;
     }
 }
 
@@ -420,6 +563,7 @@ static void on_stream_event(conn_t *c, uint32_t events) {
     }
     if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
         if (opt.mode == M_BULK) read_bulk(c);
+        else if (opt.mode == M_HTTP) read_http(c);
         else read_lines(c);
     }
 }
@@ -467,12 +611,13 @@ static void drain(conn_t *conns) {
 static int run_stream(void) {
     conn_t *conns = calloc((size_t)opt.conns, sizeof *conns);
     size_t line_bytes = (size_t)(opt.mode == M_PIPELINED ? opt.depth : 1) * opt.size;
+    if (opt.mode == M_HTTP) line_bytes = HTTP_REQUEST_LEN;
     for (int i = 0; i < opt.conns; i++) {
         conns[i].fd = -1;
         conns[i].id = i;
         conns[i].wbuf = malloc(line_bytes);
-        conns[i].rcap = line_bytes * 2 + 4096;
-        conns[i].rbuf = malloc(conns[i].rcap);
+        conns[i].rcap = opt.mode == M_HTTP ? HTTP_MAX_RESPONSE : line_bytes * 2 + 4096;
+        conns[i].rbuf = malloc(conns[i].rcap + 1);
     }
     struct epoll_event evs[MAX_EVENTS];
     double start = now(), warm_end = start + opt.warmup, end = warm_end + opt.duration;
@@ -707,13 +852,13 @@ static int resolve(void) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --mode pingpong|pipelined|perconn|udp|unix|bulk [--host 127.0.0.1 --port N | --path SOCK]\n"
+            "usage: loadgen --mode pingpong|pipelined|perconn|udp|unix|bulk|http [--host 127.0.0.1 --port N | --path SOCK]\n"
             "               [--conns N] [--depth K] [--size BYTES] [--chunk BYTES] [--window BYTES]\n"
             "               [--duration S] [--warmup S] [--udp-timeout-ms MS] [--any-reply] [--cpu N]\n");
 }
 
 static void print_result(double measured) {
-    int latency = opt.mode == M_PINGPONG || opt.mode == M_PERCONN || opt.mode == M_UDP || opt.mode == M_UNIX;
+    int latency = opt.mode != M_PIPELINED && opt.mode != M_BULK;
     char p50[32] = "null", p99[32] = "null", pmax[32] = "null";
     if (latency && hist_n) {
         snprintf(p50, sizeof p50, "%.0f", percentile(0.50));
@@ -724,12 +869,13 @@ static void print_result(double measured) {
     printf("{\"mode\": \"%s\", \"conns\": %d, \"depth\": %d, \"size\": %d, \"chunk\": %d, "
            "\"duration\": %.3f, \"warmup\": %.3f, \"count\": %llu, \"rate\": %.1f, \"unit\": \"%s\", "
            "\"bytes\": %llu, \"errors\": %llu, \"mismatches\": %llu, \"lost\": %llu, \"late\": %llu, "
-           "\"connects\": %llu, \"p50_us\": %s, \"p99_us\": %s, \"max_us\": %s, \"verified\": %s, "
+           "\"connects\": %llu, \"closed_by_server\": %llu, \"p50_us\": %s, \"p99_us\": %s, \"max_us\": %s, \"verified\": %s, "
            "\"valid\": %s, \"first_error\": \"%s\", \"first_mismatch\": \"%s\"}\n",
            mode_names[opt.mode], opt.conns, opt.depth, opt.size, opt.chunk, measured, opt.warmup,
            (unsigned long long)st.count, rate, opt.mode == M_BULK ? "bytes/s" : "req/s",
            (unsigned long long)st.bytes, (unsigned long long)st.errors, (unsigned long long)st.mismatches,
-           (unsigned long long)st.lost, (unsigned long long)st.late, (unsigned long long)st.connects, p50, p99,
+           (unsigned long long)st.lost, (unsigned long long)st.late, (unsigned long long)st.connects,
+           (unsigned long long)st.closed_by_server, p50, p99,
            pmax, opt.any_reply ? "false" : "true", st.mismatches ? "false" : "true", st.first_error,
            st.first_mismatch);
     fflush(stdout);
@@ -746,7 +892,7 @@ int main(int argc, char **argv) {
         switch (ch) {
         case 'm': {
             int found = 0;
-            for (int i = 0; i < 6; i++)
+            for (int i = 0; i < N_MODES; i++)
                 if (strcmp(optarg, mode_names[i]) == 0) { opt.mode = (enum mode)i; found = 1; }
             if (!found) { usage(); return 2; }
             break;

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 from .runner import BUSY_CPUS
 
 METRICS = ("rate", "p50_us", "p99_us", "rss_kb", "shutdown_ms")
-NOTE_COUNTERS = ("errors", "mismatches", "lost", "late", "server_errors")
+NOTE_COUNTERS = ("errors", "mismatches", "lost", "late", "server_errors", "closed_by_server")
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

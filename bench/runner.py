@@ -170,6 +170,7 @@ def server_argv(w: Workload, impl: str, cfg: RunConfig, unix_path: str, profile:
     if impl == "c-reference":
         where = {"tcp": ["--tcp", "127.0.0.1"], "udp": ["--udp", "127.0.0.1"], "unix": ["--unix", unix_path]}
         argv = [str(cfg.echo_ref), *where[w.family], "--port-lo", str(lo), "--port-hi", str(hi)]
+        argv += ["--http"] if w.mode == "http" else []
         return argv + (["--cpu", *cpu] if cpu else [])
     argv = [cfg.python, "-m", "bench.server_runner", "--impl", impl, "--server", w.server_class]
     argv += ["--handler", w.handler, "--family", w.family, "--port-lo", str(lo), "--port-hi", str(hi)]

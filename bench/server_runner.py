@@ -87,7 +87,21 @@ def bench_server_class(base: type, family: str) -> type:
     return type(f"Bench{base.__name__}", (base,), attrs)
 
 
-def make_server(cls: type, handler: type, args: argparse.Namespace) -> tuple[Any, str]:
+def server_factory(module: types.ModuleType, spec: str, family: str) -> Callable[..., Any]:
+    """What builds the server: a class of ``module`` by name, or ``module:name``.
+
+    A ``module:name`` is imported only now, after the socketserver swap, so
+    e.g. http.server's classes are built on the socketserver under test.  A
+    class gets the bench's attributes; anything else is a factory called as
+    ``factory(server_address, handler)``, left as it is.
+    """
+    obj = import_object(spec) if ":" in spec else getattr(module, spec, None)
+    if obj is None:
+        raise SystemExit(f"server_runner: {module.__name__} has no class {spec!r}")
+    return bench_server_class(obj, family) if isinstance(obj, type) else obj
+
+
+def make_server(cls: Callable[..., Any], handler: Any, args: argparse.Namespace) -> tuple[Any, str]:
     if args.family == "unix":
         try:
             os.unlink(args.path)
@@ -162,7 +176,11 @@ class ThreadProfiles:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.server_runner")
     p.add_argument("--impl", required=True, choices=("cython", "pure", "stdlib"))
-    p.add_argument("--server", required=True, help="socketserver class name, e.g. ThreadingTCPServer")
+    p.add_argument(
+        "--server",
+        required=True,
+        help="socketserver class name (ThreadingTCPServer), or module:name of a class or factory(address, handler)",
+    )
     p.add_argument("--handler", required=True, help="module:Class")
     p.add_argument("--family", required=True, choices=("tcp", "udp", "unix"))
     p.add_argument("--host", default="127.0.0.1")
@@ -182,10 +200,13 @@ def main(argv: list[str] | None = None) -> None:
         os.sched_setaffinity(0, {args.cpu})
     module, backend = load_socketserver(args.impl)
     handler = import_object(args.handler)
-    base = getattr(module, args.server, None)
-    if base is None:
-        raise SystemExit(f"server_runner: {module.__name__} has no class {args.server!r}")
-    server, where = make_server(bench_server_class(base, args.family), handler, args)
+    server, where = make_server(server_factory(module, args.server, args.family), handler, args)
+    if not isinstance(server, module.BaseServer):
+        # A module that imported socketserver before the swap would measure the stdlib under our name.
+        raise SystemExit(
+            f"server_runner: {type(server).__module__}.{type(server).__qualname__} is not built on "
+            f"{module.__name__}.BaseServer (was its module imported before the swap?)"
+        )
 
     stoppers: list[threading.Thread] = []
 

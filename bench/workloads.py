@@ -11,7 +11,9 @@ PYTHON_IMPLS = ("cython", "pure", "stdlib")
 class Workload:
     name: str
     mode: str  # loadgen --mode
-    server_class: str  # attribute of the socketserver module
+    # An attribute of the socketserver module, or "module:name" imported after
+    # the socketserver swap: a server class, or a factory(address, handler).
+    server_class: str
     handler: str  # "module:Class"
     conns: int
     depth: int = 1  # lines per write (pipelined) or datagrams in flight (udp)
@@ -27,7 +29,7 @@ class Workload:
 
     @property
     def has_latency(self) -> bool:
-        return self.mode in ("pingpong", "perconn", "udp", "unix")
+        return self.mode in ("pingpong", "perconn", "udp", "unix", "http")
 
     def describe(self) -> str:
         load = {
@@ -37,8 +39,10 @@ class Workload:
             "udp": f"{self.depth} datagrams of 64 bytes in flight",
             "unix": f"{self.conns} AF_UNIX connections, one line in flight each",
             "bulk": f"{self.conns} connections, 64 KiB writes",
+            "http": f"{self.conns} HTTP/1.1 connection{'s' * (self.conns > 1)} kept alive (unless the server"
+            " closes), one GET in flight each",
         }[self.mode]
-        return f"{self.server_class} + {self.handler.rsplit(':', 1)[-1]}; {load}"
+        return f"{self.server_class.replace(':', '.')} + {self.handler.rsplit(':', 1)[-1]}; {load}"
 
     def loadgen_args(self) -> list[str]:
         args = ["--mode", self.mode, "--conns", str(self.conns)]
@@ -64,6 +68,9 @@ def family_of_server_class(name: str) -> str:
 
 
 H = "bench.handlers"
+HTTP_SERVER = "http.server:ThreadingHTTPServer"
+HTTP_HANDLER = "bench.http_handlers:KeepAliveGet"
+WERKZEUG = "bench.werkzeug_keepalive"
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -77,6 +84,18 @@ WORKLOADS: dict[str, Workload] = {
         Workload("udp-threading", "udp", "ThreadingUDPServer", f"{H}:DatagramEcho", conns=1, depth=64),
         Workload("unix", "unix", "ThreadingUnixStreamServer", f"{H}:LineEcho", conns=100),
         Workload("bulk", "bulk", "ThreadingTCPServer", f"{H}:BulkEcho", conns=4),
+        Workload("http-keepalive", "http", HTTP_SERVER, HTTP_HANDLER, conns=10),
+        Workload("http-keepalive-1", "http", HTTP_SERVER, HTTP_HANDLER, conns=1),
+    )
+}
+
+# Need werkzeug, which fastserver does not depend on: run only when named
+# (python -m bench.werkzeug_keepalive names them), never by default.
+OPTIONAL_WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("werkzeug-threaded", "http", f"{WERKZEUG}:make_threaded_server", f"{WERKZEUG}:app", conns=10),
+        Workload("werkzeug-threaded-1", "http", f"{WERKZEUG}:make_threaded_server", f"{WERKZEUG}:app", conns=1),
     )
 }
 

@@ -16,6 +16,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from externals import require_c_compiler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,8 +30,10 @@ WORKLOADS = (
     "udp-threading",
     "unix",
     "bulk",
+    "http-keepalive",
+    "http-keepalive-1",
 )
-LATENCY_WORKLOADS = {"pingpong", "perconn", "udp", "udp-threading", "unix"}
+LATENCY_WORKLOADS = {"pingpong", "perconn", "udp", "udp-threading", "unix", "http-keepalive", "http-keepalive-1"}
 IMPLS = ("cython", "pure", "stdlib", "c-reference")
 TIMEOUT = 600
 
@@ -154,12 +158,8 @@ def test_user_handler_is_profiled_per_impl(tmp_path: Path) -> None:
     assert f"profiles in {prof_dir}/  (compare: python -m pstats {prof_dir}/<workload>-pure.prof)" in proc.stdout
 
 
-def test_corrupted_reply_marks_the_run_invalid(tmp_path: Path) -> None:
-    require_c_compiler()
-    write_module(
-        tmp_path,
-        "smoke_bad_handlers",
-        """
+CORRUPTING_HANDLERS = {
+    "pingpong": """
         import socketserver
 
         class Corrupting(socketserver.StreamRequestHandler):
@@ -167,16 +167,36 @@ def test_corrupted_reply_marks_the_run_invalid(tmp_path: Path) -> None:
                 for line in self.rfile:
                     self.wfile.write(b"#" + line[1:])
         """,
-    )
+    # Right status line and Content-Length, one wrong byte of body.
+    "http-keepalive-1": """
+        import http.server
+        from bench.http_handlers import HTTP_BODY
+
+        class Corrupting(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(HTTP_BODY)))
+                self.end_headers()
+                self.wfile.write(b"#" + HTTP_BODY[1:])
+        """,
+}
+
+
+@pytest.mark.parametrize("workload", sorted(CORRUPTING_HANDLERS))
+def test_corrupted_reply_marks_the_run_invalid(tmp_path: Path, workload: str) -> None:
+    require_c_compiler()
+    write_module(tmp_path, "smoke_bad_handlers", CORRUPTING_HANDLERS[workload])
     proc, doc = run_bench(
-        ["--handler", "smoke_bad_handlers:Corrupting", "--verify-echo", "--workload", "pingpong", "--impl", "stdlib"]
+        ["--handler", "smoke_bad_handlers:Corrupting", "--verify-echo", "--workload", workload, "--impl", "stdlib"]
         + ["--duration", "0.3", "--warmup", "0", "--reps", "1"],
         tmp_path / "bench.json",
         PYTHONPATH=str(tmp_path),
     )
     assert proc.returncode != 0
     assert doc["mismatches"] > 0
-    assert doc["workloads"]["pingpong"]["rows"]["stdlib"]["runs"][0]["valid"] is False
+    assert doc["workloads"][workload]["rows"]["stdlib"]["runs"][0]["valid"] is False
     assert "INVALID" in proc.stdout
 
 
