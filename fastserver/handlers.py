@@ -65,8 +65,13 @@ class BaseRequestHandler:
         self.setup()
         try:
             self.handle()
+            self._fs_handled()
         finally:
             self.finish()
+
+    def _fs_handled(self) -> None:
+        """Runs after handle() returns, before finish(): what a flavour of
+        handler must do whatever finish() an override does."""
 
     def setup(self) -> None:
         pass
@@ -118,23 +123,13 @@ class StreamRequestHandler(BaseRequestHandler):
     rfile: BinaryIO
     wfile: BinaryIO
 
-    def __init__(self, request: Any, client_address: Any, server: Any) -> None:
-        self.request = request
-        self.client_address = client_address
-        self.server = server
-        # The connection preamble's attributes (proxy_address, ...).
-        preamble.apply_to(self, request, server)
-        self.setup()
-        try:
-            self.handle()
-            if self.coalesce_writes:
-                # Sent here too, so that a finish() override that does not
-                # flush cannot lose the reply.
-                wfile = getattr(self, "wfile", None)
-                if wfile is not None and not wfile.closed:
-                    wfile.flush()
-        finally:
-            self.finish()
+    def _fs_handled(self) -> None:
+        if self.coalesce_writes:
+            # Sent here too, so that a finish() override that does not
+            # flush cannot lose the reply.
+            wfile = getattr(self, "wfile", None)
+            if wfile is not None and not wfile.closed:
+                wfile.flush()
 
     def setup(self) -> None:
         self.connection = self.request
