@@ -57,6 +57,10 @@ class _LoudBuildExt(build_ext):
                 % (ext.name, exc, _PURE_HINT)) from exc
 
 
+def _asking_for_requirements() -> bool:
+    return bool({"egg_info", "dist_info"} & set(sys.argv[1:]))
+
+
 def _extensions() -> list:
     if _pure_requested() or not os.path.exists(os.path.join(_HERE, "fastserver", "_core.pyx")):
         return []
@@ -102,6 +106,11 @@ def _extensions() -> list:
         if os.path.exists(os.path.join(_HERE, generated)) and not debug:
             # An sdist: the C that Cython generated when it was made.
             return [Extension("fastserver._core", [generated], **common)]
+        if _asking_for_requirements():
+            # The build backend runs "setup.py egg_info" to learn what to
+            # install before the build; Cython is what it is about to
+            # install (build_backend/), so its absence is no error yet.
+            return []
         raise SystemExit("fastserver: Cython is required to build the C "
                          "extension (pip install 'Cython>=3.0.10'); "
                          + _PURE_HINT)
