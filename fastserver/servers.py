@@ -64,6 +64,10 @@ class BaseServer:
       on, "cython" or "python", or None (the default) for the process
       default, fastserver.backend. Read when the server is constructed;
       afterwards the instance's backend names the core in use.
+    - request_observer: fastserver only; None, or an object whose
+      request_started(request, client_address) runs before process_request()
+      and request_finished(request) once the request is closed (more than
+      once for one request, possibly: later calls must be no-ops).
 
     Instance variables:
 
@@ -77,6 +81,7 @@ class BaseServer:
 
     timeout: Optional[float] = None
     backend: Optional[str] = None
+    request_observer: Any = None
     # The core module; the instance gets the one its backend names.
     _fs_core: Any = _compat.default_core
     # Provided by subclasses (TCPServer and below); declared for type checkers.
@@ -163,12 +168,14 @@ class BaseServer:
             raise
         if accepted:
             try:
+                if self.request_observer is not None:
+                    self.request_observer.request_started(request, client_address)
                 self.process_request(request, client_address)
             except Exception:
                 self.handle_error(request, client_address)
-                self.shutdown_request(request)
+                self._fs_end_request(request)
             except BaseException:
-                self.shutdown_request(request)
+                self._fs_end_request(request)
                 raise
         else:
             self.shutdown_request(request)
@@ -192,7 +199,7 @@ class BaseServer:
         Overridden by ForkingMixIn and ThreadingMixIn.
         """
         self.finish_request(request, client_address)
-        self.shutdown_request(request)
+        self._fs_end_request(request)
 
     def server_close(self) -> None:
         """Called to clean-up the server.
@@ -206,10 +213,32 @@ class BaseServer:
 
     def shutdown_request(self, request: Any) -> None:
         """Called to shutdown and close an individual request."""
-        self.close_request(request)
+        # The request_observer hears of it here, around close_request(), so
+        # that an override of process_request() that ends its requests with
+        # shutdown_request() is seen, and an override of close_request()
+        # that skips super() is not missed.
+        try:
+            self.close_request(request)
+        finally:
+            if self.request_observer is not None:
+                self.request_observer.request_finished(request)
+
+    # Close, and tell the observer, whatever a subclass's shutdown_request()
+    # does: how a forking parent lets go of the child's request.
+    _fs_close_request = shutdown_request
 
     def close_request(self, request: Any) -> None:
         """Called to clean up an individual request."""
+
+    def _fs_end_request(self, request: Any) -> None:
+        # shutdown_request(), then tell the request_observer: the server's
+        # own request paths end requests through here, so that an override
+        # of shutdown_request() that skips super() is not missed either.
+        try:
+            self.shutdown_request(request)
+        finally:
+            if self.request_observer is not None:
+                self.request_observer.request_finished(request)
 
     def handle_error(self, request: Any, client_address: _Address) -> None:
         """Handle an error gracefully.  May be overridden.
@@ -344,7 +373,7 @@ class TCPServer(BaseServer):
             request.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # ENOTCONN on some platforms
-        self.close_request(request)
+        super().shutdown_request(request)
 
     def close_request(self, request: Any) -> None:
         """Called to clean up an individual request."""
@@ -370,9 +399,8 @@ class UDPServer(TCPServer):
         # A datagram socket does not listen().
         pass
 
-    def shutdown_request(self, request: Any) -> None:
-        # Nothing to shut down: the socket is the server's.
-        self.close_request(request)
+    # Nothing to shut down: the socket is the server's; only close.
+    shutdown_request = BaseServer.shutdown_request
 
     def close_request(self, request: Any) -> None:
         # Nothing to close: the socket is the server's.
@@ -438,7 +466,7 @@ class ForkingMixIn:
                 self.active_children = set()
             self.active_children.add(pid)
             # close, not shutdown: the child still talks on this connection.
-            self.close_request(request)  # type: ignore[attr-defined]
+            self._fs_close_request(request)  # type: ignore[attr-defined]
             return
         # In the child, which must never return into the serve loop.
         status = 1
@@ -486,7 +514,7 @@ class ThreadingMixIn:
         except Exception:
             self.handle_error(request, client_address)  # type: ignore[attr-defined]
         finally:
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self._fs_end_request(request)  # type: ignore[attr-defined]
 
     def process_request(self, request: Any, client_address: _Address) -> None:
         """Run process_request_thread in an idle or a new thread."""

@@ -22,7 +22,7 @@ from typing import Any, Optional, Set
 
 from .signals import SignalPipe, set_parent_death_signal
 
-__all__ = ["Worker", "EXIT_GRACEFUL_TIMEOUT", "EXIT_BOOT_FAILED"]
+__all__ = ["Worker", "InFlight", "EXIT_GRACEFUL_TIMEOUT", "EXIT_BOOT_FAILED"]
 
 log = logging.getLogger("fastserver.prefork")
 
@@ -35,37 +35,40 @@ _STOP_NOW = frozenset((signal.SIGINT, signal.SIGQUIT))
 _ACCEPT_INHERITS_NONBLOCK = not sys.platform.startswith("linux")
 
 
-class _InFlight:
-    """Counts a worker's requests between process_request() and
-    close_request(), by wrapping the two on the server instance (so that
-    subclass overrides still run)."""
+class InFlight:
+    """A worker's requests in flight: the server's ``request_observer``.
 
-    def __init__(self, server: Any) -> None:
+    The server calls request_started() before process_request() and
+    request_finished() once the request is closed, around the overridable
+    methods rather than inside them, so overrides that skip super() are
+    counted too (see BaseServer.request_observer). ``len()`` is the number
+    in flight; ``wait(deadline)`` waits for none.
+    """
+
+    def __init__(self) -> None:
         self._ids: Set[int] = set()
         self._cond = threading.Condition()
-        process, close = server.process_request, server.close_request
+        self._pid = os.getpid()
 
-        def process_request(request: Any, client_address: Any) -> None:
-            with self._cond:
-                self._ids.add(id(request))
-            if _ACCEPT_INHERITS_NONBLOCK and isinstance(request, socket.socket) \
-                    and request.gettimeout() is None:
-                # The listening socket is non-blocking; on the BSDs and
-                # macOS accepted sockets inherit that.
-                request.setblocking(True)
-            process(request, client_address)
+    def request_started(self, request: Any, client_address: Any) -> None:
+        with self._cond:
+            self._ids.add(id(request))
+        if _ACCEPT_INHERITS_NONBLOCK and isinstance(request, socket.socket) \
+                and request.gettimeout() is None:
+            # The listening socket is non-blocking; on the BSDs and macOS
+            # accepted sockets inherit that.
+            request.setblocking(True)
 
-        def close_request(request: Any) -> None:
-            try:
-                close(request)
-            finally:
-                with self._cond:
-                    self._ids.discard(id(request))
-                    if not self._ids:
-                        self._cond.notify_all()
-
-        server.process_request = process_request
-        server.close_request = close_request
+    def request_finished(self, request: Any) -> None:
+        # The request is alive during every call for it, so its id cannot
+        # name another request yet; a repeated call finds nothing. A child
+        # of a forking server ends its copy of the request: not ours.
+        if os.getpid() != self._pid:
+            return
+        with self._cond:
+            self._ids.discard(id(request))
+            if not self._ids:
+                self._cond.notify_all()
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -112,7 +115,7 @@ class Worker:
                         default=(signal.SIGCHLD,))
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         set_parent_death_signal(signal.SIGTERM)
-        inflight = _InFlight(server)
+        inflight = server.request_observer = InFlight()
         if supervisor.post_fork is not None:
             try:
                 supervisor.post_fork(server, index)
@@ -141,7 +144,7 @@ class Worker:
             deadline = drain_deadline
         return self._drain(inflight, signals, deadline)
 
-    def _drain(self, inflight: _InFlight, signals: SignalPipe,
+    def _drain(self, inflight: InFlight, signals: SignalPipe,
                deadline: float) -> int:
         server, listener, index = self.server, self.listener, self.index
         closed = listener.closed_to_new()
