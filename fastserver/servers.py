@@ -213,27 +213,26 @@ class BaseServer:
 
     def shutdown_request(self, request: Any) -> None:
         """Called to shutdown and close an individual request."""
-        # The request_observer hears of it here, around close_request(), so
-        # that an override of process_request() that ends its requests with
-        # shutdown_request() is seen, and an override of close_request()
-        # that skips super() is not missed.
+        # Around close_request(), so that an override of it that skips
+        # super() cannot skip request_finished (see _fs_end_request).
         try:
             self.close_request(request)
         finally:
             if self.request_observer is not None:
                 self.request_observer.request_finished(request)
 
-    # Close, and tell the observer, whatever a subclass's shutdown_request()
-    # does: how a forking parent lets go of the child's request.
+    # How a forking parent lets go of its child's request, whatever
+    # shutdown_request() a subclass has.
     _fs_close_request = shutdown_request
 
     def close_request(self, request: Any) -> None:
         """Called to clean up an individual request."""
 
     def _fs_end_request(self, request: Any) -> None:
-        # shutdown_request(), then tell the request_observer: the server's
-        # own request paths end requests through here, so that an override
-        # of shutdown_request() that skips super() is not missed either.
+        # The server's own request paths end requests here, around
+        # shutdown_request(), so that an override of it that skips super()
+        # cannot skip request_finished either; the call in shutdown_request()
+        # serves overrides of process_request() that end requests themselves.
         try:
             self.shutdown_request(request)
         finally:

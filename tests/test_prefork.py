@@ -4,6 +4,7 @@ on the backend under test."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ from conftest import Impl, backend_env, unix_path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
 
+from prefork_app import UserOverrides  # noqa: E402
+from prefork_app import log as overrides_log  # noqa: E402
 from supervised import (DrainLoad, Supervised, connect, recv_line,  # noqa: E402
                         roundtrip)
 
@@ -277,52 +280,34 @@ def held_handler(impl: Impl) -> type:
     return Held
 
 
-def user_overrides(calls: "list[str]") -> type:
-    """process_request() extends the base; shutdown_request() and
-    close_request() replace it without super()."""
-    class UserOverrides:
-        def process_request(self, request: Any, client_address: Any) -> None:
-            calls.append("process_request")
-            super().process_request(request, client_address)  # type: ignore[misc]
-
-        def shutdown_request(self, request: Any) -> None:
-            calls.append("shutdown_request")
-            self.close_request(request)  # type: ignore[attr-defined]
-
-        def close_request(self, request: Any) -> None:
-            calls.append("close_request")
-            request.close()
-    return UserOverrides
-
-
-def own_threads(calls: "list[str]") -> type:
+class OwnThreads:
     """process_request() runs the request in a thread of its own, without
     super(), and ends it with the base shutdown_request(); close_request()
-    skips super()."""
-    class OwnThreads:
-        def process_request(self, request: Any, client_address: Any) -> None:
-            calls.append("process_request")
+    skips super(). Each logs that it ran, as UserOverrides does."""
 
-            def run() -> None:
-                try:
-                    self.finish_request(request, client_address)  # type: ignore[attr-defined]
-                finally:
-                    self.shutdown_request(request)  # type: ignore[attr-defined]
-            threading.Thread(target=run, daemon=True).start()
+    def process_request(self, request: Any, client_address: Any) -> None:
+        overrides_log.info("process_request override ran")
 
-        def close_request(self, request: Any) -> None:
-            calls.append("close_request")
-            request.close()
-    return OwnThreads
+        def run() -> None:
+            try:
+                self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            finally:
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+        threading.Thread(target=run, daemon=True).start()
+
+    def close_request(self, request: Any) -> None:
+        overrides_log.info("close_request override ran")
+        request.close()
 
 
 @pytest.mark.parametrize("server,overrides", [
     ("ThreadingTCPServer", None), ("ThreadPoolTCPServer", None),
-    ("ForkingTCPServer", None), ("ThreadingTCPServer", user_overrides),
-    ("ThreadPoolTCPServer", user_overrides), ("ForkingTCPServer", user_overrides),
-    ("TCPServer", own_threads)])
+    ("ForkingTCPServer", None), ("ThreadingTCPServer", UserOverrides),
+    ("ThreadPoolTCPServer", UserOverrides), ("ForkingTCPServer", UserOverrides),
+    ("TCPServer", OwnThreads)], ids=lambda v: getattr(v, "__name__", str(v)))
 def test_drain_waits_for_requests_in_flight(impl: Impl, server: str,
-                                            overrides: Any) -> None:
+                                            overrides: Any,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     """A worker's drain (shutdown, server_close, then the wait for requests
     in flight) returns only once the request in flight is done, whatever the
     user's overrides skip. Thread servers do not block in server_close()
@@ -330,10 +315,10 @@ def test_drain_waits_for_requests_in_flight(impl: Impl, server: str,
     the request at the fork, and server_close() waits for the child."""
     from fastserver.prefork.worker import InFlight
 
-    calls: "list[str]" = []
+    caplog.set_level(logging.INFO, logger=overrides_log.name)
     bases: "tuple[type, ...]" = (getattr(impl.ss, server),)
     if overrides is not None:
-        bases = (overrides(calls),) + bases
+        bases = (overrides,) + bases
     forking = server.startswith("Forking")
     cls = type("Server", bases, {"block_on_close": forking})
     inflight = InFlight()
@@ -373,12 +358,14 @@ def test_drain_waits_for_requests_in_flight(impl: Impl, server: str,
             srv.server_close()
         serving.join(10)
     assert outcome == [True] and len(inflight) == 0
-    if overrides is user_overrides:
+    calls = [r.getMessage().split()[0] for r in caplog.records
+             if r.name == overrides_log.name]
+    if overrides is UserOverrides:
         # A forking server's child runs shutdown_request() in its own process.
         expected = ["process_request", "close_request"] if forking else \
             ["process_request", "shutdown_request", "close_request"]
         assert calls == expected
-    elif overrides is own_threads:
+    elif overrides is OwnThreads:
         assert calls == ["process_request", "close_request"]
 
 
