@@ -65,6 +65,10 @@ class BaseServer:
       on, "cython" or "python", or None (the default) for the process
       default, fastserver.backend. Read when the server is constructed;
       afterwards the instance's backend names the core in use.
+    - request_observer: fastserver only; None, or an object whose
+      request_started(request, client_address) runs before process_request()
+      and request_finished(request) once the request is closed (more than
+      once for one request, possibly: later calls must be no-ops).
 
     Instance variables:
 
@@ -78,6 +82,7 @@ class BaseServer:
 
     timeout: Optional[float] = None
     backend: Optional[str] = None
+    request_observer: Any = None
     # The core module; the instance gets the one its backend names.
     _fs_core: Any = _compat.default_core
     # Provided by subclasses (TCPServer and below); declared for type checkers.
@@ -164,12 +169,14 @@ class BaseServer:
             raise
         if accepted:
             try:
+                if self.request_observer is not None:
+                    self.request_observer.request_started(request, client_address)
                 self.process_request(request, client_address)
             except Exception:
                 self.handle_error(request, client_address)
-                self.shutdown_request(request)
+                self._fs_end_request(request)
             except BaseException:
-                self.shutdown_request(request)
+                self._fs_end_request(request)
                 raise
         else:
             self.shutdown_request(request)
@@ -193,7 +200,7 @@ class BaseServer:
         Overridden by ForkingMixIn and ThreadingMixIn.
         """
         self.finish_request(request, client_address)
-        self.shutdown_request(request)
+        self._fs_end_request(request)
 
     def server_close(self) -> None:
         """Called to clean-up the server.
@@ -217,10 +224,31 @@ class BaseServer:
 
     def shutdown_request(self, request: Any) -> None:
         """Called to shutdown and close an individual request."""
-        self.close_request(request)
+        # Around close_request(), so that an override of it that skips
+        # super() cannot skip request_finished (see _fs_end_request).
+        try:
+            self.close_request(request)
+        finally:
+            if self.request_observer is not None:
+                self.request_observer.request_finished(request)
+
+    # How a forking parent lets go of its child's request, whatever
+    # shutdown_request() a subclass has.
+    _fs_close_request = shutdown_request
 
     def close_request(self, request: Any) -> None:
         """Called to clean up an individual request."""
+
+    def _fs_end_request(self, request: Any) -> None:
+        # The server's own request paths end requests here, around
+        # shutdown_request(), so that an override of it that skips super()
+        # cannot skip request_finished either; the call in shutdown_request()
+        # serves overrides of process_request() that end requests themselves.
+        try:
+            self.shutdown_request(request)
+        finally:
+            if self.request_observer is not None:
+                self.request_observer.request_finished(request)
 
     def handle_error(self, request: Any, client_address: _Address) -> None:
         """Handle an error gracefully.  May be overridden.
@@ -356,7 +384,7 @@ class TCPServer(BaseServer):
             request.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # ENOTCONN on some platforms
-        self.close_request(request)
+        super().shutdown_request(request)
 
     def close_request(self, request: Any) -> None:
         """Called to clean up an individual request."""
@@ -382,9 +410,8 @@ class UDPServer(TCPServer):
         # A datagram socket does not listen().
         pass
 
-    def shutdown_request(self, request: Any) -> None:
-        # Nothing to shut down: the socket is the server's.
-        self.close_request(request)
+    # Nothing to shut down: the socket is the server's; only close.
+    shutdown_request = BaseServer.shutdown_request
 
     def close_request(self, request: Any) -> None:
         # Nothing to close: the socket is the server's.
@@ -450,7 +477,7 @@ class ForkingMixIn:
                 self.active_children = set()
             self.active_children.add(pid)
             # close, not shutdown: the child still talks on this connection.
-            self.close_request(request)  # type: ignore[attr-defined]
+            self._fs_close_request(request)  # type: ignore[attr-defined]
             return
         # In the child, which must never return into the serve loop.
         status = 1
@@ -498,7 +525,7 @@ class ThreadingMixIn:
         except Exception:
             self.handle_error(request, client_address)  # type: ignore[attr-defined]
         finally:
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self._fs_end_request(request)  # type: ignore[attr-defined]
 
     def process_request(self, request: Any, client_address: _Address) -> None:
         """Run process_request_thread in an idle or a new thread."""

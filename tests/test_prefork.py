@@ -4,10 +4,12 @@ on the backend under test."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -17,6 +19,8 @@ from conftest import Impl, backend_env, unix_path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
 
+from prefork_app import UserOverrides  # noqa: E402
+from prefork_app import log as overrides_log  # noqa: E402
 from supervised import (DrainLoad, Supervised, connect, recv_line,  # noqa: E402
                         roundtrip)
 
@@ -143,8 +147,15 @@ def test_group_sigterm_drains(impl: Impl) -> None:
     drain_under_load(impl, group=True)
 
 
-def test_in_flight_request_finishes(impl: Impl) -> None:
-    with Supervised.app("Sleep", "ThreadingTCPServer", 1, 10,
+@pytest.mark.parametrize("server", [
+    "ThreadingTCPServer", "ThreadPoolTCPServer", "ForkingTCPServer",
+    "ThreadingTCPServer+overrides", "ThreadPoolTCPServer+overrides"])
+def test_in_flight_request_finishes(impl: Impl, server: str) -> None:
+    """SIGTERM while a request runs: the drain waits for it, then the worker
+    exits 0 well before the graceful timeout. With +overrides, the user's
+    process_request, shutdown_request and close_request run (the last two
+    skip super()) and the count of requests in flight alone holds the drain."""
+    with Supervised.app("Sleep", server, 1, 10,
                         backend_env(impl.name)) as sup:
         family, address = sup.address()
         with connect(family, address) as client:
@@ -157,6 +168,11 @@ def test_in_flight_request_finishes(impl: Impl) -> None:
             assert time.monotonic() - started >= 0.6
         with pytest.raises(ConnectionRefusedError):
             connect(family, address, timeout=5)
+    assert sup.wait_for(r"worker 0 \(pid \d+\) (.*)").group(1) == \
+        "exited with status 0", sup.log
+    if server.endswith("+overrides"):
+        for hook in ("process_request", "shutdown_request", "close_request"):
+            assert "%s override ran" % hook in sup.log
 
 
 def test_sigint_stops_fast(impl: Impl) -> None:
@@ -248,3 +264,122 @@ def test_listener_closes_to_new_clients_only() -> None:
         assert queued.recv(100) == b"served\n"
         queued.close()
         assert listener.wait_drained(time.monotonic() + 5)
+
+
+# --- the worker's count of requests in flight, in process -------------------
+
+
+def held_handler(impl: Impl) -> type:
+    class Held(impl.ss.StreamRequestHandler):  # type: ignore[name-defined,misc]
+        """Answer "started", then "done" once the client sends a line."""
+
+        def handle(self) -> None:
+            self.wfile.write(b"started\n")
+            self.rfile.readline()
+            self.wfile.write(b"done\n")
+    return Held
+
+
+class OwnThreads:
+    """process_request() runs the request in a thread of its own, without
+    super(), and ends it with the base shutdown_request(); close_request()
+    skips super(). Each logs that it ran, as UserOverrides does."""
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        overrides_log.info("process_request override ran")
+
+        def run() -> None:
+            try:
+                self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            finally:
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+        threading.Thread(target=run, daemon=True).start()
+
+    def close_request(self, request: Any) -> None:
+        overrides_log.info("close_request override ran")
+        request.close()
+
+
+@pytest.mark.parametrize("server,overrides", [
+    ("ThreadingTCPServer", None), ("ThreadPoolTCPServer", None),
+    ("ForkingTCPServer", None), ("ThreadingTCPServer", UserOverrides),
+    ("ThreadPoolTCPServer", UserOverrides), ("ForkingTCPServer", UserOverrides),
+    ("TCPServer", OwnThreads)], ids=lambda v: getattr(v, "__name__", str(v)))
+def test_drain_waits_for_requests_in_flight(impl: Impl, server: str,
+                                            overrides: Any,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A worker's drain (shutdown, server_close, then the wait for requests
+    in flight) returns only once the request in flight is done, whatever the
+    user's overrides skip. Thread servers do not block in server_close()
+    here, so the count alone holds the drain; a forking parent lets go of
+    the request at the fork, and server_close() waits for the child."""
+    from fastserver.prefork.worker import InFlight
+
+    caplog.set_level(logging.INFO, logger=overrides_log.name)
+    bases: "tuple[type, ...]" = (getattr(impl.ss, server),)
+    if overrides is not None:
+        bases = (overrides,) + bases
+    forking = server.startswith("Forking")
+    cls = type("Server", bases, {"block_on_close": forking})
+    inflight = InFlight()
+    srv = cls(("127.0.0.1", 0), held_handler(impl))
+    srv.request_observer = inflight
+    serving = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    serving.start()
+    drained = threading.Event()
+    outcome: "list[bool]" = []
+
+    def drain() -> None:
+        srv.shutdown()
+        srv.server_close()
+        outcome.append(inflight.wait(time.monotonic() + 10))
+        drained.set()
+
+    try:
+        with connect(socket.AF_INET, srv.server_address) as client:
+            assert recv_line(client) == b"started\n"
+            if forking:
+                assert inflight.wait(time.monotonic() + 10)
+            else:
+                assert len(inflight) == 1
+            threading.Thread(target=drain, daemon=True).start()
+            # Nothing can end the drain while the handler waits for us.
+            assert not drained.wait(0.3)
+            client.sendall(b"go\n")
+            assert recv_line(client) == b"done\n"
+            assert drained.wait(15)
+    finally:
+        if not drained.is_set():
+            # A forked child holds our end of the connection too: it would
+            # wait for our line forever.
+            for pid in getattr(srv, "active_children", None) or ():
+                os.kill(pid, signal.SIGKILL)
+            srv.shutdown()
+            srv.server_close()
+        serving.join(10)
+    assert outcome == [True] and len(inflight) == 0
+    calls = [r.getMessage().split()[0] for r in caplog.records
+             if r.name == overrides_log.name]
+    if overrides is UserOverrides:
+        # A forking server's child runs shutdown_request() in its own process.
+        expected = ["process_request", "close_request"] if forking else \
+            ["process_request", "shutdown_request", "close_request"]
+        assert calls == expected
+    elif overrides is OwnThreads:
+        assert calls == ["process_request", "close_request"]
+
+
+def test_in_flight_counts_a_request_once() -> None:
+    """The server may end one request more than once (around and inside
+    shutdown_request()); only the first call counts."""
+    from fastserver.prefork.worker import InFlight
+
+    inflight = InFlight()
+    first, second = object(), object()
+    inflight.request_started(first, None)
+    inflight.request_started(second, None)
+    inflight.request_finished(first)
+    inflight.request_finished(first)
+    assert len(inflight) == 1 and not inflight.wait(time.monotonic())
+    inflight.request_finished(second)
+    assert len(inflight) == 0 and inflight.wait(time.monotonic())

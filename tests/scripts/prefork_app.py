@@ -3,11 +3,11 @@ program that serves one of them with fastserver.prefork.Supervisor.
 
 As a program::
 
-    prefork_app.py HANDLER SERVER_CLASS WORKERS GRACEFUL_TIMEOUT [ADDRESS]
+    prefork_app.py HANDLER SERVER_CLASS[+overrides] WORKERS GRACEFUL_TIMEOUT [ADDRESS]
 
-ADDRESS is ``unix:PATH`` or omitted (127.0.0.1, any port). The supervisor
-logs to stderr at INFO level, including the "listening on" line the tests
-wait for.
+ADDRESS is ``unix:PATH`` or omitted (127.0.0.1, any port). ``+overrides``
+mixes UserOverrides into the server class. The supervisor logs to stderr at
+INFO level, including the "listening on" line the tests wait for.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import os
 import sys
 import threading
 import time
+from typing import Any, Dict, Tuple
 
 import fastserver
 from fastserver.prefork import Supervisor
+
+log = logging.getLogger("prefork_app")
 
 
 class Echo(fastserver.StreamRequestHandler):
@@ -76,6 +79,28 @@ class Info(fastserver.StreamRequestHandler):
         self.wfile.write(json.dumps(info).encode() + b"\n")
 
 
+class UserOverrides:
+    """A user's server overrides: process_request() extends the base, while
+    shutdown_request() and close_request() replace it without super(). Each
+    logs that it ran. block_on_close is off, so that server_close() does not
+    wait for handler threads and only the worker's in-flight count holds
+    its drain."""
+
+    block_on_close = False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        log.info("process_request override ran")
+        super().process_request(request, client_address)  # type: ignore[misc]
+
+    def shutdown_request(self, request: Any) -> None:
+        log.info("shutdown_request override ran")
+        self.close_request(request)  # type: ignore[attr-defined]
+
+    def close_request(self, request: Any) -> None:
+        log.info("close_request override ran")
+        request.close()
+
+
 class UDPEcho(fastserver.DatagramRequestHandler):
     """Answer each datagram with its own bytes and the worker's pid."""
 
@@ -88,11 +113,14 @@ def main() -> int:
     address = sys.argv[5] if len(sys.argv) > 5 else ""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(process)d %(levelname)s %(name)s: %(message)s")
-    server_class = getattr(fastserver, server_name)
-    attrs = {"request_queue_size": 1024}
+    server_name, _, options = server_name.partition("+")
+    bases: Tuple[type, ...] = (getattr(fastserver, server_name),)
+    if options == "overrides":
+        bases = (UserOverrides,) + bases
+    attrs: Dict[str, Any] = {"request_queue_size": 1024}
     if not address.startswith("unix:"):
         attrs["allow_reuse_address"] = True
-    server_class = type(server_name, (server_class,), attrs)
+    server_class = type(server_name, bases, attrs)
     handler = globals()[handler_name]
     server = server_class(address[5:] if address.startswith("unix:")
                           else ("127.0.0.1", 0), handler)
