@@ -1,7 +1,8 @@
 """The one place that chooses fastserver's core implementation.
 
-There are two cores with one interface (``fastserver/_contract.py``): the Cython extension ``fastserver._core`` (backend ``"cython"``) and
-the pure-Python ``fastserver._pure`` (backend ``"python"``).
+There are two cores with one interface (``fastserver/_contract.py``): the
+Cython extension ``fastserver._core`` (backend ``"cython"``) and the
+pure-Python ``fastserver._pure`` (backend ``"python"``).
 
 Each server picks its core when it is constructed, from its ``backend``
 class attribute: ``"cython"`` or ``"python"`` pins that core, ``None`` (the
@@ -26,13 +27,11 @@ import os
 import platform
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import TYPE_CHECKING, Optional
 
 #: The backend names, each with the module that implements it.
 _MODULES = {"cython": "fastserver._core", "python": "fastserver._pure"}
 BACKENDS = tuple(_MODULES)
-
-_loaded: Dict[str, ModuleType] = {}
 
 
 def _gil_disabled() -> bool:
@@ -40,16 +39,11 @@ def _gil_disabled() -> bool:
     return is_enabled is not None and not is_enabled()
 
 
-def _pure_reason() -> Optional[str]:
-    """Why the process default must be the pure core, or None."""
+def _pure_by_default() -> bool:
     flag = os.environ.get("FASTSERVER_NO_EXTENSIONS", "")
-    if flag not in ("", "0"):
-        return "FASTSERVER_NO_EXTENSIONS=%s" % flag
-    if platform.python_implementation() != "CPython":
-        return "%s is not CPython" % platform.python_implementation()
-    if _gil_disabled():
-        return "the interpreter runs without the GIL"
-    return None
+    return (flag not in ("", "0")
+            or platform.python_implementation() != "CPython"
+            or _gil_disabled())
 
 
 def load_core(name: Optional[str]) -> ModuleType:
@@ -60,20 +54,15 @@ def load_core(name: Optional[str]) -> ModuleType:
     """
     if name is None:
         return default_core
-    module = _loaded.get(name)
-    if module is not None:
-        return module
     if name not in _MODULES:
         raise ValueError("backend must be one of %s or None, not %r"
                          % (", ".join(repr(n) for n in BACKENDS), name))
     try:
-        module = importlib.import_module(_MODULES[name])
+        return importlib.import_module(_MODULES[name])
     except ImportError as exc:
         raise ImportError(
             "the %r backend is not available: %s (build the extension with "
             "'pip install -e .', or use backend = 'python')" % (name, exc)) from exc
-    _loaded[name] = module
-    return module
 
 
 if TYPE_CHECKING:
@@ -81,7 +70,7 @@ if TYPE_CHECKING:
 
     backend: str
 else:
-    if _pure_reason() is None:
+    if not _pure_by_default():
         try:
             default_core = load_core("cython")
         except ImportError:
