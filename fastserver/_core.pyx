@@ -34,6 +34,7 @@ from fastserver.includes.system cimport *
 
 import errno as _errno
 import io as _io
+import _socket as _c_socket
 import socket as _socket
 import threading as _threading
 

@@ -184,7 +184,8 @@ class HandlerThreads:
                         lane.spare -= 1
                     # With no idle time, a thread serves one request only:
                     # socketserver's thread per request.
-                    keep = self._keeps_idle()
+                    timeout = self.idle_timeout   # inline: once per request
+                    keep = timeout is None or timeout > 0
                     reuse = spare or keep
                     spare = False
                     job = jobs.popleft() if jobs and reuse else None

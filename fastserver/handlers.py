@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import socket
 from io import BytesIO
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 from . import _compat, preamble
 
@@ -60,18 +60,23 @@ class BaseRequestHandler:
         self.request = request
         self.client_address = client_address
         self.server = server
-        # The connection preamble's attributes (proxy_address, ...).
-        preamble.apply_to(self, request, server)
+        # The connection preamble's attributes (proxy_address, ...). Most
+        # connections have no preamble: the check is a C call, no frame.
+        if preamble.current() is not None:
+            preamble.apply_to(self, request, server)
         self.setup()
         try:
             self.handle()
-            self._fs_handled()
+            if self._fs_handled is not None:
+                self._fs_handled()
         finally:
             self.finish()
 
-    def _fs_handled(self) -> None:
-        """Runs after handle() returns, before finish(): what a flavour of
-        handler must do whatever finish() an override does."""
+    # None, or a method that runs after handle() returns, before finish():
+    # what a flavour of handler must do whatever finish() an override does.
+    # None rather than a no-op method: one attribute lookup per request
+    # instead of a call.
+    _fs_handled: Optional[Callable[[], None]] = None
 
     def setup(self) -> None:
         pass
@@ -175,5 +180,6 @@ class DatagramRequestHandler(BaseRequestHandler):
         self.wfile = BytesIO()
 
     def finish(self) -> None:
-        _core_of(self.server).sendto(self.socket, self.wfile.getvalue(),
+        getattr(self.server, "_fs_core", _compat.default_core).sendto(
+            self.socket, self.wfile.getvalue(),
                                      self.client_address)

@@ -157,10 +157,10 @@ _current: ContextVar[Optional[ConnectionState]] = ContextVar(
     "fastserver_preamble", default=None)
 
 
-def current() -> Optional[ConnectionState]:
-    """The state of the connection whose handler is being constructed in
-    this thread, or None."""
-    return _current.get()
+#: current() -> Optional[ConnectionState]: the state of the connection
+#: whose handler is being constructed in this thread, or None. The context
+#: variable's own get (a C call): every handler's constructor asks.
+current: Callable[[], Optional[ConnectionState]] = _current.get
 
 
 def apply_to(handler: Any, request: Any, server: Any) -> None:
@@ -175,13 +175,10 @@ def apply_to(handler: Any, request: Any, server: Any) -> None:
         hook(handler)
 
 
-def run(server: Any, request: Any, client_address: Any) -> None:
-    """Run the connection's preamble, then its handler: the body of
-    BaseServer.finish_request()."""
-    steps: Sequence[PreambleStep] = server.preamble_steps()
-    if not steps:
-        server.RequestHandlerClass(request, client_address, server)
-        return
+def run(server: Any, request: Any, client_address: Any,
+        steps: Sequence[PreambleStep]) -> None:
+    """Run the connection's preamble (steps, from server.preamble_steps()),
+    then its handler: the body of BaseServer.finish_request()."""
     state = ConnectionState(server, request, client_address, _budget(steps))
     try:
         for step in steps:

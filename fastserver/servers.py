@@ -200,7 +200,10 @@ class BaseServer:
         Overridden by ForkingMixIn and ThreadingMixIn.
         """
         self.finish_request(request, client_address)
-        self._fs_end_request(request)
+        if self.request_observer is None:   # no frame for the common case
+            self.shutdown_request(request)
+        else:
+            self._fs_end_request(request)
 
     def server_close(self) -> None:
         """Called to clean-up the server.
@@ -214,7 +217,14 @@ class BaseServer:
         The connection's preamble (preamble_steps()) runs first, here in
         the request's own thread or process; see fastserver.preamble.
         """
-        preamble.run(self, request, client_address)
+        # A class that keeps BaseServer's preamble_steps() has no steps: one
+        # lookup instead of a call per request (datagram servers).
+        if type(self).preamble_steps is not BaseServer.preamble_steps:
+            steps = self.preamble_steps()
+            if steps:
+                preamble.run(self, request, client_address, steps)
+                return
+        self.RequestHandlerClass(request, client_address, self)
 
     def preamble_steps(self) -> Sequence[preamble.PreambleStep]:
         """The steps to run on a new connection before its handler, in
@@ -525,7 +535,10 @@ class ThreadingMixIn:
         except Exception:
             self.handle_error(request, client_address)  # type: ignore[attr-defined]
         finally:
-            self._fs_end_request(request)  # type: ignore[attr-defined]
+            if self.request_observer is None:  # type: ignore[attr-defined]
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+            else:
+                self._fs_end_request(request)  # type: ignore[attr-defined]
 
     def process_request(self, request: Any, client_address: _Address) -> None:
         """Run process_request_thread in an idle or a new thread."""

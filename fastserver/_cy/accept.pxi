@@ -1,8 +1,11 @@
 # accept(): TCPServer.get_request's default.
 
-_sock_family = _socket.socket.family.__get__   # the raw ints, as
-_sock_type = _socket.socket.type.__get__       # socket.accept() passes
-_sock_proto = _socket.socket.proto.__get__     # them on (without enums)
+# The raw ints, as socket.accept() passes them on: the C type's members,
+# not socket.socket's properties, which build an enum on every call (a
+# cost once per datagram in sendto()).
+_sock_family = _c_socket.socket.family.__get__
+_sock_type = _c_socket.socket.type.__get__
+_sock_proto = _c_socket.socket.proto.__get__
 
 
 def accept(sock, nodelay=False):
