@@ -107,7 +107,8 @@ class Lobby:
             fd, (_, _, deadline) = next(iter(self._waiting.items()))
             if deadline is None or deadline > now:
                 break
-            self._drop(fd, "no complete first message within %g s" % self._budget)
+            self._drop(fd, "no complete first message within %g s"
+                       % (self._budget or 0.0))
 
     def release_all(self) -> None:
         """serve_forever() is ending: every waiting connection goes on."""
