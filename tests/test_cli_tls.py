@@ -37,14 +37,18 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 TCP = ["--bind", "127.0.0.1:0"]
 
 # The handler the servers run: every line is answered with one JSON line
-# saying who the client is and what TLS the handler sees. Written into the
+# saying who the client is and what TLS the handler sees (and logged at
+# INFO, for requests no test client makes: HAProxy's health checks). Written into the
 # test's directory (tls_app.py) and put on the server's PYTHONPATH.
 TLS_APP = '''\
 import json
+import logging
 import os
 import ssl
 
 import fastserver
+
+log = logging.getLogger("tls_app")
 
 
 class TLSInfo(fastserver.StreamRequestHandler):
@@ -67,6 +71,7 @@ class TLSInfo(fastserver.StreamRequestHandler):
                     "backend": fastserver.backend,
                     "server": type(self.server).__name__,
                 }
+                log.info("%s %s %r", info["client"], info["tls"], line)
                 self.wfile.write(json.dumps(info).encode() + b"\\n")
         except (ConnectionResetError, ssl.SSLError):
             pass  # health checks and clients that go away
@@ -88,6 +93,7 @@ class Session:
     version: Optional[str]
     der: Optional[bytes]      # the server's certificate
     serial: int
+    local_address: Any        # the client's end of the connection
 
 
 def tls_exchange(family: int, address: Any, context: ssl.SSLContext,
@@ -113,7 +119,7 @@ def tls_exchange(family: int, address: Any, context: ssl.SSLContext,
         cert = sock.getpeercert()
         assert cert is not None
         session = Session(sock.version(), sock.getpeercert(binary_form=True),
-                          int(str(cert["serialNumber"]), 16))
+                          int(str(cert["serialNumber"]), 16), sock.getsockname())
         return json.loads(answer), session
 
 
