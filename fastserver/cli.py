@@ -9,7 +9,9 @@ environment (see fastserver._cli_loading).
 The parser is built from small functions so that options can be added
 without touching the others: ``add_run_arguments()`` adds each group, and
 ``server_class_for()`` turns the parsed options into the server class, one
-class attribute per option.
+class attribute per option (``--certfile`` and its companions become one
+``ssl_context``, built by fastserver.tls_files; SIGHUP builds it again, see
+``tls_reloader()``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import stat
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from . import activation, servers
+from . import activation, servers, tls_files
 from ._cli_loading import (ImportFailed, SetupError, UsageError, handler_kind,
                            load_handler, load_object)
 from .pool import ThreadPoolMixIn
@@ -33,10 +35,11 @@ from .proxy import ProxyProtocolMixIn, _networks
 from .prefork import Supervisor
 
 __all__ = ["main", "build_parser", "add_run_arguments", "parse_bind",
-           "load_object", "server_class_for", "make_server",
-           "UsageError", "SetupError"]
+           "load_object", "server_class_for", "make_server", "tls_context",
+           "tls_reloader", "UsageError", "SetupError"]
 
 log = logging.getLogger("fastserver.cli")
+tls_log = logging.getLogger("fastserver.tls")
 
 DEFAULT_BIND = "127.0.0.1:8000"
 DEFAULT_BACKLOG = 1024
@@ -139,6 +142,34 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PROXY_TIMEOUT,
         help="seconds the whole header may take to arrive (default %g)"
              % DEFAULT_PROXY_TIMEOUT)
+    tls = parser.add_argument_group(
+        "TLS",
+        "serve TLS on a stream server (the handshake runs in each "
+        "connection's preamble, off the accept loop); SIGHUP re-reads the "
+        "files")
+    tls.add_argument(
+        "--certfile", metavar="PEM", default=None,
+        help="the server's certificate, then any intermediates (PEM); it "
+             "may hold the private key too")
+    tls.add_argument(
+        "--keyfile", metavar="PEM", default=None,
+        help="the certificate's private key (PEM, unencrypted: a server "
+             "cannot ask for a passphrase)")
+    tls.add_argument(
+        "--cafile", metavar="PEM", default=None,
+        help="the CA certificates that client certificates must chain to "
+             "(with --verify-client)")
+    tls.add_argument(
+        "--verify-client", choices=tuple(tls_files.VERIFY_CLIENT_MODES),
+        default=None,
+        help="ask clients for a certificate: none (default), optional "
+             "(checked when sent) or required (no certificate, no "
+             "connection); optional and required need --cafile")
+    tls.add_argument(
+        "--tls-handshake-timeout", metavar="S", type=_timeout_or_none,
+        default=argparse.SUPPRESS,
+        help="seconds the whole handshake may take, however slowly the "
+             "bytes arrive (default 10; 'none' for no deadline)")
     systemd = parser.add_argument_group("systemd")
     systemd.add_argument(
         "--systemd", action="store_true",
@@ -166,6 +197,12 @@ def _positive_float(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError("must be positive, got %r" % (text,))
     return value
+
+
+def _timeout_or_none(text: str) -> Optional[float]:
+    if text.strip().lower() == "none":
+        return None
+    return _positive_float(text)
 
 
 def _cidr(text: str) -> str:
@@ -330,7 +367,75 @@ def server_class_for(args: argparse.Namespace, family: int) -> type:
         attrs["proxy_timeout"] = args.proxy_timeout
     elif getattr(args, "trusted_proxy", None):
         raise UsageError("--trusted-proxy needs --proxy-protocol")
+    attrs.update(_tls_attributes(args, base))
     return type(name, bases, attrs)
+
+
+_NOT_GIVEN: Any = object()
+
+
+def _tls_attributes(args: argparse.Namespace, base: type) -> Dict[str, Any]:
+    """ssl_context and tls_handshake_timeout for the TLS options; checks
+    the options first (usage errors), then reads the files (setup errors)."""
+    certfile = getattr(args, "certfile", None)
+    verify = getattr(args, "verify_client", None)
+    timeout = vars(args).get("tls_handshake_timeout", _NOT_GIVEN)
+    if certfile is None:
+        for option, value in (("--keyfile", getattr(args, "keyfile", None)),
+                              ("--cafile", getattr(args, "cafile", None)),
+                              ("--verify-client", verify)):
+            if value is not None:
+                raise UsageError("%s needs --certfile" % option)
+        if timeout is _NOT_GIVEN:
+            return {}
+        if getattr(base, "ssl_context", None) is None:
+            # Meaningful only for a --server class that brings its own.
+            raise UsageError("--tls-handshake-timeout needs --certfile")
+        return {"tls_handshake_timeout": timeout}
+    if getattr(base, "socket_type", socket.SOCK_STREAM) != socket.SOCK_STREAM:
+        raise UsageError("--certfile needs a stream server, not %s (Python's "
+                         "ssl module has no DTLS)" % base.__name__)
+    if verify not in (None, "none") and args.cafile is None:
+        raise UsageError("--verify-client %s needs --cafile (the CAs that "
+                         "client certificates must chain to)" % verify)
+    if args.cafile is not None and verify in (None, "none"):
+        raise UsageError("--cafile is only used to check client certificates: "
+                         "add --verify-client optional or required")
+    attrs: Dict[str, Any] = {"ssl_context": tls_context(args)}
+    if timeout is not _NOT_GIVEN:
+        attrs["tls_handshake_timeout"] = timeout
+    return attrs
+
+
+def tls_context(args: argparse.Namespace) -> Any:
+    """The ssl.SSLContext that --certfile and its companions describe; a
+    SetupError naming the file at fault."""
+    try:
+        return tls_files.server_context(args.certfile, args.keyfile,
+                                        args.cafile, args.verify_client or "none")
+    except tls_files.TLSFileError as exc:
+        raise SetupError("--%s %s: %s" % (exc.role, exc.path, exc.problem)) from None
+
+
+def tls_reloader(args: argparse.Namespace) -> Callable[[Any], None]:
+    """The Supervisor's before_reload for --certfile: on SIGHUP, read the
+    files again and give the server the new context, which the new workers
+    are forked with. A file that cannot be used (half-written by a renewal
+    in progress, a key that no longer matches) is logged in one line, and
+    the server keeps the context it has."""
+
+    def reload(server: Any) -> None:
+        try:
+            context = tls_context(args)
+        except SetupError as exc:
+            tls_log.error("SIGHUP: %s; still serving the certificate loaded "
+                          "before", exc)
+            return
+        server.ssl_context = context
+        tls_log.info("SIGHUP: reloaded %s",
+                     tls_files.describe_paths(args.certfile, args.keyfile))
+
+    return reload
 
 
 def _ready_made_pool_class(base: type) -> Optional[type]:
@@ -504,6 +609,14 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         if args.signal_handler is not None:
             post_fork = signal_post_fork(args.signal_handler)
         server = make_server(args)
+        before_reload = None
+        if getattr(args, "certfile", None) is not None:
+            before_reload = tls_reloader(args)
+            tls_log.info("TLS with %s%s",
+                         tls_files.describe_paths(args.certfile, args.keyfile),
+                         "; client certificates %s (CAs in %s)"
+                         % (args.verify_client, args.cafile)
+                         if args.cafile is not None else "")
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         sys.stderr.write(_error_line(parser, str(exc)))
@@ -517,7 +630,7 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         return exc.exit_status
     supervisor = Supervisor(server, workers=args.workers,
                             graceful_timeout=args.graceful_timeout,
-                            post_fork=post_fork)
+                            post_fork=post_fork, before_reload=before_reload)
     return supervisor.run()
 
 
