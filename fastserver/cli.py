@@ -29,7 +29,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from . import activation, servers, tls_files
 from ._cli_loading import (ImportFailed, SetupError, UsageError, handler_kind,
-                           load_handler, load_object)
+                           load_handler, load_object, non_negative_float,
+                           positive_float)
+from ._cli_tls import add_tls_arguments, tls_attributes, tls_context, tls_reloader
 from .pool import ThreadPoolMixIn
 from .proxy import ProxyProtocolMixIn, _networks
 from .prefork import Supervisor
@@ -39,7 +41,6 @@ __all__ = ["main", "build_parser", "add_run_arguments", "parse_bind",
            "tls_reloader", "UsageError", "SetupError"]
 
 log = logging.getLogger("fastserver.cli")
-tls_log = logging.getLogger("fastserver.tls")
 
 DEFAULT_BIND = "127.0.0.1:8000"
 DEFAULT_BACKLOG = 1024
@@ -110,7 +111,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes (default: the number of CPUs, %d here)"
              % (os.cpu_count() or 1))
     processes.add_argument(
-        "--graceful-timeout", metavar="S", type=_non_negative_float,
+        "--graceful-timeout", metavar="S", type=non_negative_float,
         default=DEFAULT_GRACEFUL_TIMEOUT,
         help="seconds in-flight requests get to finish after SIGTERM "
              "(default %g)" % DEFAULT_GRACEFUL_TIMEOUT)
@@ -138,38 +139,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
              "(default) or serve them with their real address, never "
              "reading a header")
     proxy.add_argument(
-        "--proxy-timeout", metavar="S", type=_positive_float,
+        "--proxy-timeout", metavar="S", type=positive_float,
         default=DEFAULT_PROXY_TIMEOUT,
         help="seconds the whole header may take to arrive (default %g)"
              % DEFAULT_PROXY_TIMEOUT)
-    tls = parser.add_argument_group(
-        "TLS",
-        "serve TLS on a stream server (the handshake runs in each "
-        "connection's preamble, off the accept loop); SIGHUP re-reads the "
-        "files")
-    tls.add_argument(
-        "--certfile", metavar="PEM", default=None,
-        help="the server's certificate, then any intermediates (PEM); it "
-             "may hold the private key too")
-    tls.add_argument(
-        "--keyfile", metavar="PEM", default=None,
-        help="the certificate's private key (PEM, unencrypted: a server "
-             "cannot ask for a passphrase)")
-    tls.add_argument(
-        "--cafile", metavar="PEM", default=None,
-        help="the CA certificates that client certificates must chain to "
-             "(with --verify-client)")
-    tls.add_argument(
-        "--verify-client", choices=tuple(tls_files.VERIFY_CLIENT_MODES),
-        default=None,
-        help="ask clients for a certificate: none (default), optional "
-             "(checked when sent) or required (no certificate, no "
-             "connection); optional and required need --cafile")
-    tls.add_argument(
-        "--tls-handshake-timeout", metavar="S", type=_timeout_or_none,
-        default=argparse.SUPPRESS,
-        help="seconds the whole handshake may take, however slowly the "
-             "bytes arrive (default 10; 'none' for no deadline)")
+    add_tls_arguments(parser)
     systemd = parser.add_argument_group("systemd")
     systemd.add_argument(
         "--systemd", action="store_true",
@@ -192,35 +166,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be positive, got %r" % (text,))
-    return value
-
-
-def _timeout_or_none(text: str) -> Optional[float]:
-    if text.strip().lower() == "none":
-        return None
-    return _positive_float(text)
-
-
 def _cidr(text: str) -> str:
     try:
         _networks([text])
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc))
     return text
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number: %r" % (text,))
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must not be negative, got %r" % (text,))
-    return value
 
 
 # --- turning options into a server -----------------------------------------
@@ -367,75 +318,8 @@ def server_class_for(args: argparse.Namespace, family: int) -> type:
         attrs["proxy_timeout"] = args.proxy_timeout
     elif getattr(args, "trusted_proxy", None):
         raise UsageError("--trusted-proxy needs --proxy-protocol")
-    attrs.update(_tls_attributes(args, base))
+    attrs.update(tls_attributes(args, base))
     return type(name, bases, attrs)
-
-
-_NOT_GIVEN: Any = object()
-
-
-def _tls_attributes(args: argparse.Namespace, base: type) -> Dict[str, Any]:
-    """ssl_context and tls_handshake_timeout for the TLS options; checks
-    the options first (usage errors), then reads the files (setup errors)."""
-    certfile = getattr(args, "certfile", None)
-    verify = getattr(args, "verify_client", None)
-    timeout = vars(args).get("tls_handshake_timeout", _NOT_GIVEN)
-    if certfile is None:
-        for option, value in (("--keyfile", getattr(args, "keyfile", None)),
-                              ("--cafile", getattr(args, "cafile", None)),
-                              ("--verify-client", verify)):
-            if value is not None:
-                raise UsageError("%s needs --certfile" % option)
-        if timeout is _NOT_GIVEN:
-            return {}
-        if getattr(base, "ssl_context", None) is None:
-            # Meaningful only for a --server class that brings its own.
-            raise UsageError("--tls-handshake-timeout needs --certfile")
-        return {"tls_handshake_timeout": timeout}
-    if getattr(base, "socket_type", socket.SOCK_STREAM) != socket.SOCK_STREAM:
-        raise UsageError("--certfile needs a stream server, not %s (Python's "
-                         "ssl module has no DTLS)" % base.__name__)
-    if verify not in (None, "none") and args.cafile is None:
-        raise UsageError("--verify-client %s needs --cafile (the CAs that "
-                         "client certificates must chain to)" % verify)
-    if args.cafile is not None and verify in (None, "none"):
-        raise UsageError("--cafile is only used to check client certificates: "
-                         "add --verify-client optional or required")
-    attrs: Dict[str, Any] = {"ssl_context": tls_context(args)}
-    if timeout is not _NOT_GIVEN:
-        attrs["tls_handshake_timeout"] = timeout
-    return attrs
-
-
-def tls_context(args: argparse.Namespace) -> Any:
-    """The ssl.SSLContext that --certfile and its companions describe; a
-    SetupError naming the file at fault."""
-    try:
-        return tls_files.server_context(args.certfile, args.keyfile,
-                                        args.cafile, args.verify_client or "none")
-    except tls_files.TLSFileError as exc:
-        raise SetupError("--%s %s: %s" % (exc.role, exc.path, exc.problem)) from None
-
-
-def tls_reloader(args: argparse.Namespace) -> Callable[[Any], None]:
-    """The Supervisor's before_reload for --certfile: on SIGHUP, read the
-    files again and give the server the new context, which the new workers
-    are forked with. A file that cannot be used (half-written by a renewal
-    in progress, a key that no longer matches) is logged in one line, and
-    the server keeps the context it has."""
-
-    def reload(server: Any) -> None:
-        try:
-            context = tls_context(args)
-        except SetupError as exc:
-            tls_log.error("SIGHUP: %s; still serving the certificate loaded "
-                          "before", exc)
-            return
-        server.ssl_context = context
-        tls_log.info("SIGHUP: reloaded %s",
-                     tls_files.describe_paths(args.certfile, args.keyfile))
-
-    return reload
 
 
 def _ready_made_pool_class(base: type) -> Optional[type]:
@@ -612,7 +496,7 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         before_reload = None
         if getattr(args, "certfile", None) is not None:
             before_reload = tls_reloader(args)
-            tls_log.info("TLS with %s%s",
+            logging.getLogger("fastserver.tls").info("TLS with %s%s",
                          tls_files.describe_paths(args.certfile, args.keyfile),
                          "; client certificates %s (CAs in %s)"
                          % (args.verify_client, args.cafile)
