@@ -57,7 +57,9 @@ def make_server(impl: Impl, class_name: str, cert: CertFiles, how: str,
     cls = getattr(impl.ss, class_name)
     # A backlog for the silent crowds: socketserver's 5 drops SYNs when
     # clients connect faster than one loop turn (a 1 s retransmit each).
-    attrs = {"daemon_threads": True, "request_queue_size": 1024, **attrs}
+    # Handler threads are joined by server_close(), so that no connection
+    # of this test is still being dropped (and logged) in the next one.
+    attrs = {"request_queue_size": 1024, **attrs}
     server = type("Server", (cls,), attrs)(
         server_address(family), echo_handler(impl.ss))
     context = context or server_context(cert)
@@ -107,10 +109,21 @@ class Recorder(logging.Handler):
         super().__init__(logging.DEBUG)
         self.records: List[logging.LogRecord] = []
         self.seen = threading.Event()
+        self._cond = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        self.seen.set()
+        with self._cond:
+            self.records.append(record)
+            self.seen.set()
+            self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> bool:
+        """Whether a record containing text arrives within timeout (records
+        of connections from earlier tests, still being dropped by their
+        servers' daemon threads, may come first)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: any(text in r.getMessage() for r in self.records), timeout)
 
 
 @pytest.fixture
