@@ -136,8 +136,10 @@ def test_https_idiom_serves_beside_silent_clients(impl: Impl, tmp_path: Any) -> 
 
         # A backlog for the silent crowd (5 drops SYNs: 1 s retransmits).
         http.server.ThreadingHTTPServer.request_queue_size = 64
+        # ThreadingHTTPServer's daemon threads would outlive the interpreter
+        # (LeakSanitizer reports their start-up state): joined instead.
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
-        server.daemon_threads = True
+        server.daemon_threads = False
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(%r, %r)
         server.socket = context.wrap_socket(server.socket, server_side=True)
