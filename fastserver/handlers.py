@@ -167,19 +167,28 @@ class DatagramRequestHandler(BaseRequestHandler):
     rfile reads the request datagram; whatever handle() wrote to wfile is
     sent back to client_address by finish(), as one datagram, even when it
     is empty. Instance variables set by setup(): packet, socket, rfile, wfile.
+
+    rfile and wfile behave as io.BytesIO objects; on the cython backend
+    they are the core's DatagramFile, which does the common operations in
+    C. A handler that keeps this class's setup() and finish() (and
+    BaseRequestHandler's __init__) has their work done by the core too,
+    under UDPServer.finish_request(): overriding any of them brings them
+    back, and they run as written here.
     """
 
     packet: bytes
     socket: socket.socket
+    # Typed as what they behave as.
     rfile: BytesIO
     wfile: BytesIO
 
     def setup(self) -> None:
         self.packet, self.socket = self.request
-        self.rfile = BytesIO(self.packet)
-        self.wfile = BytesIO()
+        # getattr inline, as _core_of() does: no frame per datagram.
+        new_file = getattr(self.server, "_fs_core", _compat.default_core).DatagramFile
+        self.rfile = new_file(self.packet)
+        self.wfile = new_file()
 
     def finish(self) -> None:
         getattr(self.server, "_fs_core", _compat.default_core).sendto(
-            self.socket, self.wfile.getvalue(),
-                                     self.client_address)
+            self.socket, self.wfile.getvalue(), self.client_address)

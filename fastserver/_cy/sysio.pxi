@@ -307,6 +307,28 @@ cdef object _make_address(sockaddr *sa, socklen_t addrlen):
     raise OSError(_errno.EAFNOSUPPORT, "unsupported address family %d" % sa.sa_family)
 
 
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object s)
+    PyObject *PyErr_Occurred()
+    unsigned long _as_unsigned_long "PyLong_AsUnsignedLong"(object obj)
+
+
+cdef inline int _bounded_int(object value, unsigned long bound,
+                             unsigned long *out) noexcept:
+    """out = value, an int (not a bool) in [0, bound]; -1 for anything else."""
+    cdef unsigned long v
+    if type(value) is not int:
+        return -1
+    v = _as_unsigned_long(value)
+    if v == <unsigned long>-1 and PyErr_Occurred() != NULL:
+        PyErr_Clear()   # negative or too large: the socket module's error
+        return -1
+    if v > bound:
+        return -1
+    out[0] = v
+    return 0
+
+
 cdef int _numeric_address(int family, object address, sockaddr_storage *sa,
                           socklen_t *salen) except -2:
     """Fill sa from an (ip, port[, flowinfo, scope_id]) tuple whose ip is
@@ -326,16 +348,13 @@ cdef int _numeric_address(int family, object address, sockaddr_storage *sa,
             (family == AF_INET6 and 2 <= size <= 4)):
         return -1
     ip = (<tuple>address)[0]
-    if type(ip) is not str or not (<str>ip).isascii():
+    if type(ip) is not str or not PyUnicode_IS_ASCII(ip):
         return -1
-    for value, bound in zip((<tuple>address)[1:], (0xffff, 0xfffff, 0xffffffff)):
-        if type(value) is not int or not 0 <= value <= bound:
-            return -1
-    port = (<tuple>address)[1]
-    if size > 2:
-        flowinfo = (<tuple>address)[2]
-    if size > 3:
-        scope_id = (<tuple>address)[3]
+    # C conversions only: this runs for every datagram's reply.
+    if (_bounded_int((<tuple>address)[1], 0xffff, &port) < 0
+            or (size > 2 and _bounded_int((<tuple>address)[2], 0xfffff, &flowinfo) < 0)
+            or (size > 3 and _bounded_int((<tuple>address)[3], 0xffffffff, &scope_id) < 0)):
+        return -1
     host = PyUnicode_AsUTF8AndSize(ip, &length)
     if <Py_ssize_t>strlen(host) != length:
         return -1   # an embedded NUL: the socket module's error
