@@ -192,3 +192,19 @@ class DatagramRequestHandler(BaseRequestHandler):
     def finish(self) -> None:
         getattr(self.server, "_fs_core", _compat.default_core).sendto(
             self.socket, self.wfile.getvalue(), self.client_address)
+
+
+#: What a core's handle_datagram() may do in place of a handler class's
+#: own: each name with its value as this module defined it, captured at
+#: import, so that a patch of these classes is seen as an override. A class
+#: whose lookup of any name finds another value is instantiated as it is.
+_DATAGRAM_DEFAULTS = (
+    ("__init__", BaseRequestHandler.__init__),
+    ("setup", DatagramRequestHandler.setup),
+    ("finish", DatagramRequestHandler.finish),
+    ("_fs_handled", None),
+    ("__new__", object.__new__),
+    ("__getattribute__", object.__getattribute__),
+    ("__setattr__", object.__setattr__),
+    ("__delattr__", object.__delattr__),
+)

@@ -223,9 +223,7 @@ cdef object _preamble_current = None
 # class that intercepts them (a property, a slot) is served by its methods.
 _HANDLER_FIELDS = ("request", "client_address", "server", "packet", "socket",
                    "rfile", "wfile")
-# What it runs instead of the class's own: each must be DatagramRequestHandler's.
-_HANDLER_METHODS = ("__init__", "setup", "finish", "_fs_handled", "__new__",
-                    "__getattribute__", "__setattr__", "__delattr__")
+# What it runs instead of the class's own is handlers._DATAGRAM_DEFAULTS.
 
 
 cdef bint _plain_handler(object cls) except -1:
@@ -246,10 +244,9 @@ cdef bint _plain_handler(object cls) except -1:
         from fastserver import handlers, preamble
         _preamble_current = preamble.current
         _handlers_module = handlers
-    base = _handlers_module.DatagramRequestHandler
-    ok = issubclass(cls, base) and all(
-        getattr(cls, name, None) is getattr(base, name, None)
-        for name in _HANDLER_METHODS) and not any(
+    ok = issubclass(cls, _handlers_module.DatagramRequestHandler) and all(
+        getattr(cls, name, None) is value
+        for name, value in _handlers_module._DATAGRAM_DEFAULTS) and not any(
         _intercepts(klass.__dict__.get(name))
         for klass in cls.__mro__ for name in _HANDLER_FIELDS)
     tag = _version_tag(cls)   # the lookups above assigned one if needed
@@ -303,8 +300,9 @@ cdef int _finish_datagram(object handler, object server) except -1:
     """DatagramRequestHandler.finish(): the attributes are read again, in
     its order, since handle() may have replaced any of them."""
     if handler.server is not server:
-        # Another server's core decides how to send.
-        _handlers_module.DatagramRequestHandler.finish(handler)
+        # Another server's core decides how to send: the original finish()
+        # (the class's own is that one, _plain_handler made sure).
+        handler.finish()
         return 0
     sock = handler.socket
     wfile = handler.wfile

@@ -334,7 +334,7 @@ cdef class DatagramFile:
 
     def __reduce_ex__(self, protocol):
         # Pickled, copied: as the BytesIO it stands for.
-        return self._materialise().__reduce_ex__(protocol)
+        return (_BytesIO, (), self.__getstate__())
 
     # --- the rest of BytesIO: its own -------------------------------------
     # Explicit methods rather than __getattr__, which would cost every
@@ -357,7 +357,11 @@ cdef class DatagramFile:
         return self._materialise().fileno(*args)
 
     def __getstate__(self):
-        return self._materialise().__getstate__()
+        value, pos, attributes = self._materialise().__getstate__()
+        own = getattr(self, "__dict__")   # attributes set on this object
+        if own:
+            attributes = dict(attributes or {}, **own)
+        return value, pos, attributes
 
     def __setstate__(self, state):
         return self._materialise().__setstate__(state)
