@@ -424,6 +424,30 @@ def test_files_replaced_or_closed_by_handle(ref_impl: Impl) -> None:
         (None, [(AttributeError, "'NoneType' object has no attribute 'getvalue'")])]
 
 
+def test_finish_failing_after_handle_raised(ref_impl: Impl) -> None:
+    # finish() runs after handle() raised; its own error reaches
+    # handle_error() with handle()'s as its context.
+    class Both(ref_impl.ss.DatagramRequestHandler):  # type: ignore[name-defined]
+        def handle(self) -> None:
+            self.wfile.close()
+            raise RuntimeError("boom")
+
+    seen: List[Any] = []
+
+    class Server(ref_impl.ss.UDPServer):  # type: ignore[name-defined]
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            exc = sys.exc_info()[1]
+            seen.append((type(exc), str(exc), type(exc.__context__),
+                         str(exc.__context__)))
+
+    with Server((HOST, 0), Both) as server, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.sendto(b"x", server.server_address)
+        server.handle_request()
+    assert seen == [(ValueError, "I/O operation on closed file.",
+                     RuntimeError, "boom")]
+
+
 def test_reply_to_another_address_or_server(ref_impl: Impl) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
         other.settimeout(10)
