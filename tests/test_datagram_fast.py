@@ -237,6 +237,20 @@ def test_text_wrapper_over_the_files(core: ModuleType) -> None:
     assert wfile.getvalue() == "ünïcode\n".encode()
 
 
+def test_client_addresses_as_the_socket_module_gives_them(core: ModuleType) -> None:
+    # The whole of 127.0.0.0/8 is loopback: every octet value in every
+    # position but the first, sent from and compared with getsockname().
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind((HOST, 0))
+        receiver = core.DatagramReceiver(server)
+        for v in range(256):
+            for host in ("127.%d.%d.%d" % (v, 255 - v, v | 1), "127.1.%d.%d" % (v // 2, v)):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                    client.bind((host, 0))
+                    client.sendto(b"x", server.getsockname())
+                    assert receiver.recv(100) == (b"x", client.getsockname())
+
+
 # --- whole servers -----------------------------------------------------------------
 
 class Reply:
