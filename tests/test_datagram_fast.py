@@ -37,6 +37,8 @@ from hypothesis import strategies as st
 from conftest import HOST, Impl, serving
 from core_modules import core  # noqa: F401 - the fixture
 
+from fastserver import _contract
+
 # --- DatagramFile against io.BytesIO -----------------------------------------------
 
 contents = st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\r\n", b"\0", b"xyz\n"]),
@@ -212,6 +214,7 @@ def test_many_writes_and_reads_back(core: ModuleType, pieces: List[bytes],
 
 def test_datagram_file_is_an_io_object(core: ModuleType) -> None:
     f = core.DatagramFile(b"ab\ncd")
+    assert isinstance(f, _contract.DatagramFile)
     assert isinstance(f, io.BufferedIOBase) and isinstance(f, io.IOBase)
     assert weakref.ref(f)() is f
     assert not hasattr(f, "peek") and not hasattr(f, "raw")
