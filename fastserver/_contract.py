@@ -294,18 +294,19 @@ class CoalescingWriter(SocketWriter, Protocol):
 
 @runtime_checkable
 class DatagramFile(Protocol):
-    """A DatagramRequestHandler's rfile and wfile: ``DatagramFile(initial_bytes)``
-    behaves as ``io.BytesIO(initial_bytes)`` in everything a handler can do
-    with it, results and exceptions alike.
+    """The rfile and wfile of a handler that handle_datagram() stands in
+    for: ``DatagramFile(initial_bytes)`` behaves as
+    ``io.BytesIO(initial_bytes)`` in everything a handler can do with it,
+    results and exceptions alike.
 
     The pure core's is io.BytesIO itself. The Cython core's keeps the
     contents in C and does the common operations there (read, read1,
     readline, readlines, readinto, iteration, write, writelines, getvalue,
     seek, tell, close, closed, flush, readable, writable, seekable, isatty,
-    context management); for anything else (another method, an attribute
-    set on it, an argument of an unusual type or range, any call once it is
-    closed) it hands its contents and position to a real io.BytesIO, which
-    answers from then on. It is not an io.BytesIO instance (it is an
+    context management, attributes set on it); for anything else
+    (BytesIO's other methods, an argument of an unusual type or range, any
+    call once it is closed) it hands its contents and position to a real
+    io.BytesIO, which answers from then on. It is not an io.BytesIO instance (it is an
     io.BufferedIOBase, as BytesIO is), and its methods take their arguments
     positionally, as BytesIO's do (their errors for a wrong count of
     arguments are worded differently).
@@ -375,14 +376,18 @@ class Core(Protocol):
         The pure core makes exactly that call. The Cython core does too,
         unless handler_class is a subclass of fastserver's
         DatagramRequestHandler (with ``type`` as its metaclass) that keeps
-        its __init__, setup(), finish(), __new__, attribute access and the
-        request's attributes as they are there, and no connection preamble
-        is current: then it does their work itself, with DatagramFiles for
-        rfile and wfile, calls the handler's handle(), and sends the reply
-        as finish() would (re-reading socket, wfile and client_address,
-        since handle() may replace them). The handler is an instance of
-        handler_class either way. Which classes qualify is cached per class
-        and looked at again when the class is modified.
+        its __init__, setup(), finish(), __new__ and attribute access as
+        fastserver.handlers defines them (``_DATAGRAM_DEFAULTS``, captured
+        at import: a patch of the base classes is an override too), no data
+        descriptor intercepts the attributes that setup() sets, and no
+        connection preamble is current: then it does their work itself,
+        with DatagramFiles for rfile and wfile, calls the handler's
+        handle(), and sends the reply as finish() would (re-reading socket,
+        wfile and client_address, since handle() may replace them). The
+        handler is an instance of handler_class either way. Which classes
+        qualify is cached per class and looked at again when the class is
+        modified; the instance is not looked at (a finish assigned to it by
+        handle() is not called: see test_core_discrepancies).
         """
         ...
 

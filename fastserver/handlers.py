@@ -168,26 +168,23 @@ class DatagramRequestHandler(BaseRequestHandler):
     sent back to client_address by finish(), as one datagram, even when it
     is empty. Instance variables set by setup(): packet, socket, rfile, wfile.
 
-    rfile and wfile behave as io.BytesIO objects; on the cython backend
-    they are the core's DatagramFile, which does the common operations in
-    C. A handler that keeps this class's setup() and finish() (and
-    BaseRequestHandler's __init__) has their work done by the core too,
-    under UDPServer.finish_request(): overriding any of them brings them
-    back, and they run as written here.
+    On the cython backend, a handler that keeps this class's setup() and
+    finish() (and BaseRequestHandler's __init__) has their work done in C
+    under UDPServer.finish_request(), with the core's DatagramFile as rfile
+    and wfile: io.BytesIO work-alikes that do the common operations in C.
+    Overriding any of these methods brings them all back, as written here,
+    with io.BytesIO files.
     """
 
     packet: bytes
     socket: socket.socket
-    # Typed as what they behave as.
     rfile: BytesIO
     wfile: BytesIO
 
     def setup(self) -> None:
         self.packet, self.socket = self.request
-        # getattr inline, as _core_of() does: no frame per datagram.
-        new_file = getattr(self.server, "_fs_core", _compat.default_core).DatagramFile
-        self.rfile = new_file(self.packet)
-        self.wfile = new_file()
+        self.rfile = BytesIO(self.packet)
+        self.wfile = BytesIO()
 
     def finish(self) -> None:
         getattr(self.server, "_fs_core", _compat.default_core).sendto(
