@@ -166,7 +166,9 @@ cdef class DatagramFile:
                 buffer, &view, PyBUF_WRITABLE) < 0:
             return self._materialise().readinto(buffer)
         try:
-            if not PyBuffer_IsContiguous(&view, b'C'):
+            # Getting a buffer may run Python code (__buffer__), which may
+            # have closed this file or handed it over meanwhile.
+            if not self._native() or not PyBuffer_IsContiguous(&view, b'C'):
                 return self._materialise().readinto(buffer)
             n = self._available(view.len)
             if n:
@@ -227,6 +229,8 @@ cdef class DatagramFile:
         if _get_buffer_or_clear(b, &view, PyBUF_SIMPLE) < 0:
             return self._materialise().write(b)   # and its error
         try:
+            if not self._native():   # see readinto()
+                return self._materialise().write(b)
             n = view.len
             if n == 0:
                 return 0
