@@ -8,8 +8,9 @@ import this module, which holds
 
 - the interface as typing Protocols, with its documentation: ``ServeLoop``,
   ``DatagramReceiver``, the rfile (``StreamReader``), the two writers
-  (``SocketWriter``, ``CoalescingWriter``) and the module itself (``Core``:
-  ``accept``, ``sendto``, ``open_stream``, ``BACKEND``);
+  (``SocketWriter``, ``CoalescingWriter``), a datagram handler's files
+  (``DatagramFile``) and the module itself (``Core``: ``accept``,
+  ``sendto``, ``handle_datagram``, ``open_stream``, ``BACKEND``);
 - the constants and the policies: the accept() back-off, poll()'s
   millisecond rounding, the datagram batch and slot bounds, the coalescing
   buffer's bounds.
@@ -33,6 +34,8 @@ INTERFACE = (
     "accept",
     "DatagramReceiver",
     "sendto",
+    "handle_datagram",
+    "DatagramFile",
     "open_stream",
     "SocketWriter",
     "CoalescingWriter",
@@ -289,6 +292,42 @@ class CoalescingWriter(SocketWriter, Protocol):
         ...
 
 
+@runtime_checkable
+class DatagramFile(Protocol):
+    """The rfile and wfile of a handler that handle_datagram() stands in
+    for: ``DatagramFile(initial_bytes)`` behaves as
+    ``io.BytesIO(initial_bytes)`` in everything a handler can do with it,
+    results and exceptions alike.
+
+    The pure core's is io.BytesIO itself. The Cython core's keeps the
+    contents in C and does the common operations there (read, read1,
+    readline, readlines, readinto, iteration, write, writelines, getvalue,
+    seek, tell, close, closed, flush, readable, writable, seekable, isatty,
+    context management, attributes set on it); for anything else
+    (BytesIO's other methods, an argument of an unusual type or range, any
+    call once it is closed) it hands its contents and position to a real
+    io.BytesIO, which answers from then on. It is not an io.BytesIO instance (it is an
+    io.BufferedIOBase, as BytesIO is), and its methods take their arguments
+    positionally, as BytesIO's do (their errors for a wrong count of
+    arguments are worded differently).
+    """
+
+    @property
+    def closed(self) -> bool: ...
+
+    def read(self, size: Optional[int] = -1, /) -> bytes: ...
+    def readline(self, size: Optional[int] = -1, /) -> bytes: ...
+    def readlines(self, size: Optional[int] = None, /) -> List[bytes]: ...
+    def readinto(self, buffer: Any, /) -> int: ...
+    def write(self, b: Any, /) -> int: ...
+    def writelines(self, lines: Any, /) -> None: ...
+    def getvalue(self) -> bytes: ...
+    def seek(self, pos: int, whence: int = 0, /) -> int: ...
+    def tell(self) -> int: ...
+    def close(self) -> None: ...
+    def __iter__(self) -> Iterator[bytes]: ...
+
+
 class Core(Protocol):
     """A core module: ``fastserver._core`` or ``fastserver._pure``."""
 
@@ -301,6 +340,7 @@ class Core(Protocol):
     def ServeLoop(self) -> ServeLoop: ...
     def DatagramReceiver(self, sock: Any) -> DatagramReceiver: ...
     def SocketWriter(self, sock: Any) -> SocketWriter: ...
+    def DatagramFile(self, initial_bytes: Any = b"") -> DatagramFile: ...
     def CoalescingWriter(self, sock: Any, limit: int) -> CoalescingWriter: ...
 
     def accept(self, sock: Any, nodelay: bool = False,
@@ -325,6 +365,29 @@ class Core(Protocol):
         from is): UDP rarely lacks buffer room, and releasing the GIL for
         every reply hands it to another handler thread and then waits to get
         it back. Anything else, or a full buffer, is sock.sendto() itself.
+        """
+        ...
+
+    def handle_datagram(self, handler_class: Any, request: Any,
+                        client_address: Any, server: Any) -> None:
+        """``handler_class(request, client_address, server)``: UDPServer's
+        finish_request(), for a server of this core.
+
+        The pure core makes exactly that call. The Cython core does too,
+        unless handler_class is a subclass of fastserver's
+        DatagramRequestHandler (with ``type`` as its metaclass) that keeps
+        its __init__, setup(), finish(), __new__ and attribute access as
+        fastserver.handlers defines them (``_DATAGRAM_DEFAULTS``, captured
+        at import: a patch of the base classes is an override too), no data
+        descriptor intercepts the attributes that setup() sets, and no
+        connection preamble is current: then it does their work itself,
+        with DatagramFiles for rfile and wfile, calls the handler's
+        handle(), and sends the reply as finish() would (re-reading socket,
+        wfile and client_address, since handle() may replace them). The
+        handler is an instance of handler_class either way. Which classes
+        qualify is cached per class and looked at again when the class is
+        modified; the instance is not looked at (a finish assigned to it by
+        handle() is not called: see test_core_discrepancies).
         """
         ...
 

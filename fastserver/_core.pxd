@@ -108,6 +108,51 @@ cdef class DatagramReceiver:
     cdef object _pop(self, Py_ssize_t size)
 
 
+@cython.final
+cdef class DatagramFile:
+    # A DatagramRequestHandler's rfile and wfile: io.BytesIO, for less.
+    #
+    # The contents are _ref while they are exactly one bytes object (the
+    # request datagram, or a reply written in one write() of bytes): no
+    # copy is made to read it or to send it. The first write that changes
+    # them copies them into _buf (PyMem, _cap bytes), which holds them from
+    # then on. Reading never copies more than the bytes it returns.
+    #
+    # Every public method: _native() ? (argument of a plain type and range ?
+    # do it here : _materialise()) : _materialise(); then the BytesIO's
+    # method. _materialise() makes _bio, an io.BytesIO with the same
+    # contents and position (a closed one for a closed file), once, and
+    # frees _ref/_buf: _bio answers everything from then on, so what this
+    # class does not do itself (getbuffer, truncate, an attribute set on the
+    # file, a wrong argument's error) is BytesIO's exact behaviour. Each of
+    # BytesIO's other methods is here too, handing over at once.
+    #
+    # No method releases the GIL or runs Python code between reading
+    # _buf/_ref and using them, except where noted in the .pxi.
+    cdef bytes _ref                  # the contents while they are one bytes object, else None
+    cdef char *_buf                  # the contents once written (when _ref is None)
+    cdef Py_ssize_t _len             # size of the contents
+    cdef Py_ssize_t _cap             # bytes allocated at _buf
+    cdef Py_ssize_t _pos             # the position; may be past _len, as in BytesIO
+    cdef bint _closed                # close() ran natively
+    cdef object _bio                 # the io.BytesIO that answers for this file, or None
+    cdef dict __dict__               # attributes set on the file, as on a BytesIO
+    cdef object __weakref__
+
+    @staticmethod
+    cdef DatagramFile new(bytes data)
+    cdef void _set_bytes(self, bytes data) noexcept
+    cdef const char *_contents(self) noexcept
+    cdef object _materialise(self)
+    cdef bint _native(self) noexcept
+    cdef Py_ssize_t _available(self, Py_ssize_t size) noexcept
+    cdef Py_ssize_t _line_length(self, Py_ssize_t size) noexcept
+    cdef bytes _take(self, Py_ssize_t n)
+    cdef int _reserve(self, Py_ssize_t end) except -1
+    cdef object _write(self, object b)
+    cdef bytes _value(self)
+
+
 cdef class _WriterBase:
     # What io.BufferedIOBase gives the pure writers: closed/close/flush,
     # context management, the unsupported read side. close() calls flush()

@@ -14,7 +14,8 @@ The source is split by concern:
   socketmodule.c way; address formatting.
 - ``_cy/loop.pxi``: ServeLoop.
 - ``_cy/accept.pxi``: accept().
-- ``_cy/datagram.pxi``: DatagramReceiver, sendto().
+- ``_cy/datagram.pxi``: DatagramReceiver, sendto(), handle_datagram().
+- ``_cy/dgram_files.pxi``: DatagramFile, a datagram handler's rfile and wfile.
 - ``_cy/writer.pxi``: SocketWriter, CoalescingWriter.
 - ``_cy/stream.pxi``: the rfile (StreamReader) and open_stream().
 """
@@ -52,6 +53,7 @@ BACKEND = "cython"
 include "_cy/sysio.pxi"
 include "_cy/loop.pxi"
 include "_cy/accept.pxi"
+include "_cy/dgram_files.pxi"
 include "_cy/datagram.pxi"
 include "_cy/writer.pxi"
 include "_cy/stream.pxi"
@@ -60,3 +62,5 @@ include "_cy/stream.pxi"
 _io.BufferedIOBase.register(SocketWriter)
 _io.BufferedIOBase.register(CoalescingWriter)
 _io.BufferedIOBase.register(StreamReader)
+# io.BytesIO is one too.
+_io.BufferedIOBase.register(DatagramFile)

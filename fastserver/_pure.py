@@ -9,9 +9,11 @@ This module holds the mechanism only.
 from __future__ import annotations
 
 import io
+import operator
 import os
 import select
 import socket
+import sys
 import threading
 from time import monotonic
 from typing import Any, Optional, Tuple
@@ -201,6 +203,20 @@ class DatagramReceiver:
 def sendto(sock: socket.socket, data: Any, address: Any) -> int:
     """See fastserver._contract.Core.sendto."""
     return sock.sendto(data, address)
+
+
+def handle_datagram(handler_class: Any, request: Any, client_address: Any,
+                    server: Any) -> None:
+    """See fastserver._contract.Core.handle_datagram."""
+    handler_class(request, client_address, server)
+
+
+if sys.version_info >= (3, 11):
+    # The same call, without a Python frame per datagram.
+    handle_datagram = operator.call  # type: ignore[assignment]  # noqa: F811
+
+#: See fastserver._contract.DatagramFile.
+DatagramFile = io.BytesIO
 
 
 class SocketWriter(io.BufferedIOBase):

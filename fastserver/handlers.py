@@ -167,6 +167,13 @@ class DatagramRequestHandler(BaseRequestHandler):
     rfile reads the request datagram; whatever handle() wrote to wfile is
     sent back to client_address by finish(), as one datagram, even when it
     is empty. Instance variables set by setup(): packet, socket, rfile, wfile.
+
+    On the cython backend, a handler that keeps this class's setup() and
+    finish() (and BaseRequestHandler's __init__) has their work done in C
+    under UDPServer.finish_request(), with the core's DatagramFile as rfile
+    and wfile: io.BytesIO work-alikes that do the common operations in C.
+    Overriding any of these methods brings them all back, as written here,
+    with io.BytesIO files.
     """
 
     packet: bytes
@@ -181,5 +188,20 @@ class DatagramRequestHandler(BaseRequestHandler):
 
     def finish(self) -> None:
         getattr(self.server, "_fs_core", _compat.default_core).sendto(
-            self.socket, self.wfile.getvalue(),
-                                     self.client_address)
+            self.socket, self.wfile.getvalue(), self.client_address)
+
+
+#: What a core's handle_datagram() may do in place of a handler class's
+#: own: each name with its value as this module defined it, captured at
+#: import, so that a patch of these classes is seen as an override. A class
+#: whose lookup of any name finds another value is instantiated as it is.
+_DATAGRAM_DEFAULTS = (
+    ("__init__", BaseRequestHandler.__init__),
+    ("setup", DatagramRequestHandler.setup),
+    ("finish", DatagramRequestHandler.finish),
+    ("_fs_handled", None),
+    ("__new__", object.__new__),
+    ("__getattribute__", object.__getattribute__),
+    ("__setattr__", object.__setattr__),
+    ("__delattr__", object.__delattr__),
+)

@@ -485,6 +485,20 @@ class UDPServer(TCPServer):
     # No preamble: a datagram is its own request.
     preamble_steps = BaseServer.preamble_steps
 
+    def finish_request(self, request: Any, client_address: _Address) -> None:
+        """Finish one request by instantiating RequestHandlerClass.
+
+        A DatagramRequestHandler that keeps fastserver's own __init__,
+        setup() and finish() has their work done by the server's core (in C
+        on the cython backend); its handle() and every override run as
+        usual (see fastserver._contract.Core.handle_datagram).
+        """
+        if type(self).preamble_steps is not BaseServer.preamble_steps:
+            BaseServer.finish_request(self, request, client_address)
+            return
+        self._fs_core.handle_datagram(self.RequestHandlerClass, request,
+                                      client_address, self)
+
     def _fs_open_lobby(self) -> Optional[Lobby]:
         _refuse_tls(self)   # an ssl_context set after construction
         return None

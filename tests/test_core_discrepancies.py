@@ -210,3 +210,63 @@ def test_socket_class_patched_after_first_use_is_honoured() -> None:
         return len(calls)
 
     assert on_both(sendall_calls) == [1, 1]
+
+
+def test_datagram_files_are_not_bytesio_instances() -> None:
+    """A datagram handler's rfile and wfile: the pure core's are io.BytesIO;
+    the Cython core's are its DatagramFile, which behaves as one (see
+    test_datagram_fast) but is another class: isinstance(f, io.BytesIO) and
+    type(f) tell them apart. Both are io.BufferedIOBase."""
+    def kinds(core: Any) -> Any:
+        f = core.DatagramFile(b"x")
+        return isinstance(f, io.BytesIO), isinstance(f, io.BufferedIOBase)
+
+    assert on_both(kinds) == [(False, True), (True, True)]
+
+
+def test_datagram_file_argument_count_errors_are_worded_differently() -> None:
+    """Too many arguments, or one passed by keyword, raise TypeError on
+    both; the message is Cython's on the Cython core ("read() takes at most
+    1 positional argument (2 given)", "read() got an unexpected keyword
+    argument 'size'") and CPython's on BytesIO ("read expected at most 1
+    argument, got 2", "BytesIO.read() takes no keyword arguments")."""
+    def errors(core: Any) -> Any:
+        f = core.DatagramFile(b"abc")
+        got = []
+        for call in (lambda: f.read(1, 2), lambda: f.read(size=1)):
+            with pytest.raises(TypeError) as info:
+                call()
+            got.append(str(info.value))
+        return got, f.read()
+
+    ours, theirs = on_both(errors)
+    assert ours[1] == theirs[1] == b"abc"   # nothing was read
+    assert ours[0] != theirs[0]
+
+
+def test_finish_assigned_on_the_handler_by_handle() -> None:
+    """The Cython core does a plain DatagramRequestHandler's __init__,
+    setup() and finish() itself when the class keeps them; it looks at the
+    class, once per class version, not at the instance. A handle() that
+    assigns self.finish (an instance attribute) is ignored there;
+    BaseRequestHandler.__init__ (the pure core, and any class that is not
+    plain) calls it. A class attribute, or a subclass, is seen by both."""
+    import fastserver
+
+    def reply(core: Any) -> Any:
+        class Handler(fastserver.DatagramRequestHandler):
+            def handle(self) -> None:
+                self.wfile.write(b"handled")
+                self.finish = lambda: self.socket.sendto(b"instance", self.client_address)
+
+        class Server(fastserver.UDPServer):
+            backend = core.BACKEND
+
+        with Server((HOST, 0), Handler) as server, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            client.sendto(b"x", server.server_address)
+            server.handle_request()
+            return client.recv(100)
+
+    assert on_both(reply) == [b"handled", b"instance"]

@@ -1,4 +1,6 @@
-# DatagramReceiver: UDPServer.get_request's default. See _core.pxd.
+# DatagramReceiver: UDPServer.get_request's default; sendto() and
+# handle_datagram(): a DatagramRequestHandler's reply, and the whole handler
+# when its methods are fastserver's own. See _core.pxd.
 
 # The batch and slot bounds are the contract's policy (datagram_slots):
 # slots hold any UDP datagram whole, so each recv() cuts at the
@@ -145,20 +147,47 @@ cdef class DatagramReceiver:
         return data, address
 
 
+# Per reply, for a socket that _drivable() vouched for: its family read by
+# the member descriptor's own getter, and fileno() by the method itself,
+# with no bound method or argument tuple made in between.
+cdef extern from *:
+    """
+    static PyObject *fs_descr_get(PyObject *descr, PyObject *obj) {
+        return Py_TYPE(descr)->tp_descr_get(descr, obj, (PyObject *)Py_TYPE(obj));
+    }
+    """
+    object _descr_get "fs_descr_get"(object descr, object obj)
+
+_family_member = _c_socket.socket.__dict__["family"]
+_fileno_method = _c_socket.socket.fileno
+
+
+cdef inline int _plain_family(object sock) except? -1:
+    return _descr_get(_family_member, sock)
+
+
+cdef inline int _plain_fileno(object sock) except? -1:
+    return _fileno_method(sock)
+
+
 def sendto(sock, data, address):
     """See fastserver._contract.Core.sendto."""
+    return _sendto(sock, data, address)
+
+
+cdef object _sendto(object sock, object data, object address):
     cdef sockaddr_storage sa
     cdef socklen_t salen = 0
     cdef Py_buffer view
     cdef Py_ssize_t r
     cdef int err = 0
     if (not _drivable(sock, _SENDTO_METHODS)
-            or _numeric_address(_sock_family(sock), address, &sa, &salen) < 0
+            or _numeric_address(_plain_family(sock), address, &sa, &salen) < 0
             or _get_buffer_or_clear(data, &view, PyBUF_SIMPLE) < 0):
         return sock.sendto(data, address)
     try:
         PySys_Audit("socket.sendto", "OO", <PyObject *>sock, <PyObject *>address)
-        r = c_sendto(_fileno(sock), view.buf, <size_t>view.len, MSG_DONTWAIT,
+        r = c_sendto(_plain_fileno(sock), view.buf, <size_t>view.len, MSG_DONTWAIT,
                      <sockaddr *>&sa, salen)
         if r < 0:
             err = errno
@@ -169,3 +198,117 @@ def sendto(sock, data, address):
     if _is_eagain(err) or err == EINTR:
         return sock.sendto(data, address)
     _raise_errno(err)
+
+
+# --- DatagramRequestHandler's own methods, in C --------------------------------
+
+# Per handler class: may handle_datagram() stand in for its __init__, setup()
+# and finish()? Cached with the class's version tag, as _drivable is; a
+# class modified since (a method patched in) is looked at again. Bounded:
+# a process that makes handler classes on the fly does not keep them all.
+cdef dict _plain_handlers = {}
+cdef enum:
+    _PLAIN_HANDLERS_MAX = 256
+# The last class looked up, before the dict: one server, one handler class.
+cdef object _last_handler = None
+cdef unsigned int _last_handler_tag = 0
+cdef bint _last_handler_ok = False
+
+# fastserver.handlers and preamble.current, imported at the first datagram:
+# both import the core, so it cannot import them when it loads.
+cdef object _handlers_module = None
+cdef object _preamble_current = None
+
+# What the stand-in sets on the handler and then uses from its locals: a
+# class that intercepts them (a property, a slot) is served by its methods.
+_HANDLER_FIELDS = ("request", "client_address", "server", "packet", "socket",
+                   "rfile", "wfile")
+# What it runs instead of the class's own is handlers._DATAGRAM_DEFAULTS.
+
+
+cdef bint _plain_handler(object cls) except -1:
+    global _handlers_module, _preamble_current
+    cdef unsigned int tag
+    if type(cls) is not type:
+        # A partial, a function, or a metaclass that may have its own
+        # __call__: called as they are.
+        return False
+    tag = _version_tag(cls)
+    if tag != 0 and tag == _last_handler_tag and cls is _last_handler:
+        return _last_handler_ok
+    cached = _plain_handlers.get(cls)
+    if cached is not None and tag != 0 and (<tuple>cached)[0] == tag:
+        _remember_handler(cls, tag, (<tuple>cached)[1])
+        return (<tuple>cached)[1]
+    if _handlers_module is None:
+        from fastserver import handlers, preamble
+        _preamble_current = preamble.current
+        _handlers_module = handlers
+    ok = issubclass(cls, _handlers_module.DatagramRequestHandler) and all(
+        getattr(cls, name, None) is value
+        for name, value in _handlers_module._DATAGRAM_DEFAULTS) and not any(
+        _intercepts(klass.__dict__.get(name))
+        for klass in cls.__mro__ for name in _HANDLER_FIELDS)
+    tag = _version_tag(cls)   # the lookups above assigned one if needed
+    if tag != 0:
+        if len(_plain_handlers) >= _PLAIN_HANDLERS_MAX:
+            _plain_handlers.clear()
+        _plain_handlers[cls] = (tag, ok)
+        _remember_handler(cls, tag, ok)
+    return ok
+
+
+cdef void _remember_handler(object cls, unsigned int tag, bint ok) noexcept:
+    global _last_handler, _last_handler_tag, _last_handler_ok
+    # The tag last: dropping the previous class may run Python code (and
+    # switch threads), and a lookup meanwhile must not match half of each.
+    _last_handler_tag = 0
+    _last_handler = cls
+    _last_handler_ok = ok
+    _last_handler_tag = tag
+
+
+cdef inline bint _intercepts(object attribute) except -1:
+    """A data descriptor: assigning the instance attribute runs its code."""
+    kind = type(attribute)
+    return hasattr(kind, "__set__") or hasattr(kind, "__delete__")
+
+
+def handle_datagram(handler_class, request, client_address, server):
+    """See fastserver._contract.Core.handle_datagram."""
+    if not _plain_handler(handler_class) or _preamble_current() is not None:
+        handler_class(request, client_address, server)
+        return
+    # BaseRequestHandler.__init__ and DatagramRequestHandler.setup().
+    handler = object.__new__(handler_class)
+    handler.request = request
+    handler.client_address = client_address
+    handler.server = server
+    packet, sock = request
+    handler.packet = packet
+    handler.socket = sock
+    handler.rfile = (DatagramFile.new(<bytes>packet) if type(packet) is bytes
+                     else DatagramFile(packet))
+    handler.wfile = DatagramFile.new(None)
+    try:
+        handler.handle()
+    finally:
+        _finish_datagram(handler, server)
+
+
+cdef int _finish_datagram(object handler, object server) except -1:
+    """DatagramRequestHandler.finish(): the attributes are read again, in
+    its order, since handle() may have replaced any of them."""
+    if handler.server is not server:
+        # Another server's core decides how to send: the original finish()
+        # (the class's own is that one, _plain_handler made sure).
+        handler.finish()
+        return 0
+    sock = handler.socket
+    wfile = handler.wfile
+    if type(wfile) is DatagramFile and (<DatagramFile>wfile)._native():
+        data = (<DatagramFile>wfile)._value()
+    else:
+        data = wfile.getvalue()
+    _sendto(sock, data, handler.client_address)
+    return 0

@@ -274,6 +274,26 @@ cdef int _poll_retry(pollfd *fds, nfds_t nfds, int timeout_ms) except -1:
 
 # --- addresses ---------------------------------------------------------------
 
+cdef str _format_ipv4(const unsigned char *octets):
+    """Dotted decimal, as inet_ntop() writes it: glibc's goes through
+    sprintf(), which cost more than the rest of a datagram's receive."""
+    cdef char text[16]
+    cdef int i, n = 0
+    cdef unsigned int v
+    for i in range(4):
+        v = octets[i]
+        if v >= 100:
+            text[n] = <char>(c'0' + v // 100)
+            n += 1
+        if v >= 10:
+            text[n] = <char>(c'0' + v // 10 % 10)
+            n += 1
+        text[n] = <char>(c'0' + v % 10)
+        text[n + 1] = c'.'
+        n += 2
+    return text[:n - 1].decode("ascii")
+
+
 cdef object _make_address(sockaddr *sa, socklen_t addrlen):
     """The client address as Python's socket module formats it."""
     cdef char text[64]
@@ -285,9 +305,8 @@ cdef object _make_address(sockaddr *sa, socklen_t addrlen):
         return None   # recvfrom() from an unbound AF_UNIX socket
     if sa.sa_family == AF_INET:
         sin = <sockaddr_in *>sa
-        if inet_ntop(AF_INET, &sin.sin_addr, text, sizeof(text)) == NULL:
-            _raise_errno(errno)
-        return (text.decode("ascii"), ntohs(sin.sin_port))
+        return (_format_ipv4(<const unsigned char *>&sin.sin_addr),
+                ntohs(sin.sin_port))
     if sa.sa_family == AF_INET6:
         sin6 = <sockaddr_in6 *>sa
         if inet_ntop(AF_INET6, &sin6.sin6_addr, text, sizeof(text)) == NULL:
@@ -305,6 +324,28 @@ cdef object _make_address(sockaddr *sa, socklen_t addrlen):
         return PyUnicode_DecodeFSDefaultAndSize(
             sun.sun_path, <Py_ssize_t>strnlen(sun.sun_path, <size_t>path_len))
     raise OSError(_errno.EAFNOSUPPORT, "unsupported address family %d" % sa.sa_family)
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object s)
+    PyObject *PyErr_Occurred()
+    unsigned long _as_unsigned_long "PyLong_AsUnsignedLong"(object obj)
+
+
+cdef inline int _bounded_int(object value, unsigned long bound,
+                             unsigned long *out) noexcept:
+    """out = value, an int (not a bool) in [0, bound]; -1 for anything else."""
+    cdef unsigned long v
+    if type(value) is not int:
+        return -1
+    v = _as_unsigned_long(value)
+    if v == <unsigned long>-1 and PyErr_Occurred() != NULL:
+        PyErr_Clear()   # negative or too large: the socket module's error
+        return -1
+    if v > bound:
+        return -1
+    out[0] = v
+    return 0
 
 
 cdef int _numeric_address(int family, object address, sockaddr_storage *sa,
@@ -326,16 +367,13 @@ cdef int _numeric_address(int family, object address, sockaddr_storage *sa,
             (family == AF_INET6 and 2 <= size <= 4)):
         return -1
     ip = (<tuple>address)[0]
-    if type(ip) is not str or not (<str>ip).isascii():
+    if type(ip) is not str or not PyUnicode_IS_ASCII(ip):
         return -1
-    for value, bound in zip((<tuple>address)[1:], (0xffff, 0xfffff, 0xffffffff)):
-        if type(value) is not int or not 0 <= value <= bound:
-            return -1
-    port = (<tuple>address)[1]
-    if size > 2:
-        flowinfo = (<tuple>address)[2]
-    if size > 3:
-        scope_id = (<tuple>address)[3]
+    # C conversions only: this runs for every datagram's reply.
+    if (_bounded_int((<tuple>address)[1], 0xffff, &port) < 0
+            or (size > 2 and _bounded_int((<tuple>address)[2], 0xfffff, &flowinfo) < 0)
+            or (size > 3 and _bounded_int((<tuple>address)[3], 0xffffffff, &scope_id) < 0)):
+        return -1
     host = PyUnicode_AsUTF8AndSize(ip, &length)
     if <Py_ssize_t>strlen(host) != length:
         return -1   # an embedded NUL: the socket module's error
