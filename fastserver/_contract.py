@@ -141,10 +141,19 @@ class Server(Protocol):
     """What a ServeLoop calls on its server (BaseServer provides it)."""
 
     _fs_buffered: Optional["DatagramReceiver"]
+    _fs_lobby: Optional["Lobby"]
 
     def fileno(self) -> int: ...
     def _handle_request_noblock(self) -> None: ...
     def service_actions(self) -> None: ...
+
+
+class Lobby(Protocol):
+    """What a ServeLoop calls on a server's lobby (fastserver.lobby.Lobby)."""
+
+    def fileno(self) -> int: ...
+    def timeout_ms(self, wait_ms: int) -> int: ...
+    def service(self, readable: bool) -> None: ...
 
 
 @runtime_checkable
@@ -161,7 +170,10 @@ class ServeLoop(Protocol):
     overridable methods: fileno(), _handle_request_noblock() and
     service_actions(). A server's ``_fs_buffered`` attribute, when not None,
     is a DatagramReceiver whose ``pending`` requests are served without
-    waiting.
+    waiting. A server's ``_fs_lobby``, read once as serve_forever()
+    starts, when not None is a Lobby: its descriptor is polled with the
+    listener, the poll's timeout is cut by its timeout_ms(), and its
+    service() runs after every poll (fastserver.lobby).
 
     The loop takes server.fileno() before anything else: a socket closed
     before serve_forever() or handle_request() raises ValueError, as
@@ -291,9 +303,12 @@ class Core(Protocol):
     def SocketWriter(self, sock: Any) -> SocketWriter: ...
     def CoalescingWriter(self, sock: Any, limit: int) -> CoalescingWriter: ...
 
-    def accept(self, sock: Any, nodelay: bool = False) -> Tuple[Any, Any]:
+    def accept(self, sock: Any, nodelay: bool = False,
+               raw: bool = False) -> Tuple[Any, Any]:
         """Accept one connection on sock: (connection, client_address),
-        as sock.accept().
+        as sock.accept(); with raw true, as socket.socket.accept(sock): a
+        plain socket whatever sock's class does (an ssl.SSLSocket's
+        accept() would run the TLS handshake).
 
         With nodelay true, a TCP connection (IPv4 or IPv6) gets TCP_NODELAY
         before it is returned (best effort: a connection already reset may

@@ -83,9 +83,16 @@ class ServeLoop:
         poller = select.poll()
         poller.register(rfd, select.POLLIN)
         poller.register(fd, _POLLIN)
+        # The connections waiting for their first bytes (fastserver.lobby).
+        lobby = server._fs_lobby
+        lobby_fd = -2
+        if lobby is not None:
+            lobby_fd = lobby.fileno()
+            poller.register(lobby_fd, select.POLLIN)
         listening = True
         backoff = self._backoff
         while not self._shutdown_request:
+            lobby_ready = False
             buffered = server._fs_buffered
             if buffered is not None and buffered.pending:
                 ready = True
@@ -102,10 +109,14 @@ class ServeLoop:
                 elif not listening:
                     poller.register(fd, _POLLIN)
                     listening = True
+                if lobby is not None:
+                    wait_ms = lobby.timeout_ms(wait_ms)
                 ready = False
                 for efd, events in poller.poll(wait_ms):
                     if efd == rfd:
                         _drain(rfd)
+                    elif efd == lobby_fd:
+                        lobby_ready = True
                     elif events & select.POLLNVAL:
                         return  # server_close() under the loop: leave quietly
                     else:
@@ -114,6 +125,8 @@ class ServeLoop:
                 break
             if ready:
                 server._handle_request_noblock()
+            if lobby is not None:
+                lobby.service(lobby_ready)
             server.service_actions()
 
     def shutdown(self) -> None:
@@ -158,9 +171,11 @@ def _drain(fd: int) -> None:
         pass
 
 
-def accept(sock: socket.socket, nodelay: bool = False) -> Tuple[socket.socket, Any]:
+def accept(sock: socket.socket, nodelay: bool = False,
+           raw: bool = False) -> Tuple[socket.socket, Any]:
     """See fastserver._contract.Core.accept."""
-    conn, address = sock.accept()
+    # raw: socket.socket's own accept(), whatever sock's class does.
+    conn, address = socket.socket.accept(sock) if raw else sock.accept()
     if nodelay and conn.family in _TCP_FAMILIES:
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -56,24 +56,16 @@ subclassed or patched. A handler class that does not derive from
 fastserver's BaseRequestHandler can read the state with :func:`current`
 during its construction (setup() and handle() included).
 
-Waiting for the first byte without a thread. A step whose first act is to
-wait for the client (a TLS handshake waits for the ClientHello) holds the
-request's thread or child while the client says nothing. Behind a trusted
-proxy that is harmless; on an open port, silent connections could fill a
-bounded pool. The way to wait without a thread fits this interface and is
-not built yet: a step declares that it starts by waiting for the first byte
-(for example ``waits_for_first_byte = True``); after verify_request(), the
-serve loop parks such a connection instead of calling process_request(),
-and polls the parked sockets together with the listener in the loop's one
-poll (with the GIL released, in the C loop on the cython backend), its
-timeout shortened to the nearest parked deadline. A parked socket that
-becomes readable (or hangs up) goes to process_request() and its preamble
-runs as above, its first receive not blocking; one whose deadline passes is
-closed and logged by the step's rule, without a thread ever holding it. The
-deadline is then counted from the accept, so that the time parked is part of
-the one budget. The parked set is bounded (beyond the bound, the oldest is
-dropped), and a client that trickles bytes still holds a thread until the
-deadline, which bounds it.
+Waiting for the first bytes without a thread. A step whose first act is
+to wait for the client (the TLS handshake waits for the ClientHello)
+declares ``waits_for_first_bytes = True``. Under serve_forever(), a
+connection it wants (``wants_lobby()``) then waits in the server's lobby
+after verify_request(), holding no thread, until ``first_bytes_ready()``;
+only then does it go to process_request() and run its preamble. Its
+deadline then counts from the accept (:func:`note_accepted`), so that the
+time in the lobby is part of the one budget. See fastserver.lobby. Under
+handle_request() there is no lobby: the preamble waits in line, within its
+deadline.
 """
 
 from __future__ import annotations
@@ -83,10 +75,11 @@ import select
 from contextvars import ContextVar
 from time import monotonic
 from typing import Any, Callable, Dict, List, Optional, Sequence
+from weakref import WeakKeyDictionary
 
 __all__ = [
     "ConnectionState", "PreambleStep", "PreambleFailed", "PreambleTimeout",
-    "apply_to", "current", "run", "wait_readable",
+    "apply_to", "current", "run", "wait_readable", "remaining_ms",
 ]
 
 log = logging.getLogger("fastserver.preamble")
@@ -118,13 +111,15 @@ class ConnectionState:
                  "budget", "deadline", "attributes", "handler_hooks")
 
     def __init__(self, server: Any, request: Any, client_address: Any,
-                 budget: Optional[float]) -> None:
+                 budget: Optional[float], started: Optional[float] = None) -> None:
         self.server = server
         self.request = request
         self.client_address = client_address
         self.peer_address = client_address
         self.budget = budget
-        self.deadline = None if budget is None else monotonic() + budget
+        if started is None:
+            started = monotonic()
+        self.deadline = None if budget is None else started + budget
         self.attributes: Dict[str, Any] = {}
         self.handler_hooks: List[Callable[[Any], None]] = []
 
@@ -148,9 +143,25 @@ class PreambleStep:
     logger: logging.Logger = log
     log_level: int = logging.WARNING
     timeout: Optional[float] = None
+    #: True for a step whose first act is to wait for the client's first
+    #: bytes: under serve_forever() its connections may wait for them in
+    #: the server's lobby (fastserver.lobby), holding no thread.
+    waits_for_first_bytes: bool = False
 
     def __call__(self, state: ConnectionState) -> ConnectionState:
         raise NotImplementedError
+
+    def wants_lobby(self, request: Any) -> bool:
+        """Whether this connection should wait in the lobby."""
+        return self.waits_for_first_bytes
+
+    def first_bytes_ready(self, sock: Any) -> bool:
+        """Called when sock, waiting in the lobby, is readable: whether it
+        may leave for its preamble (True by default: any byte will do)."""
+        return True
+
+    def leave_lobby(self, sock: Any) -> None:
+        """Called as sock leaves the lobby for its preamble."""
 
 
 _current: ContextVar[Optional[ConnectionState]] = ContextVar(
@@ -179,7 +190,8 @@ def run(server: Any, request: Any, client_address: Any,
         steps: Sequence[PreambleStep]) -> None:
     """Run the connection's preamble (steps, from server.preamble_steps()),
     then its handler: the body of BaseServer.finish_request()."""
-    state = ConnectionState(server, request, client_address, _budget(steps))
+    state = ConnectionState(server, request, client_address, budget(steps),
+                            _accepted.pop(request, None))
     try:
         for step in steps:
             try:
@@ -201,7 +213,19 @@ def run(server: Any, request: Any, client_address: Any,
                 pass
 
 
-def _budget(steps: Sequence[PreambleStep]) -> Optional[float]:
+# request -> when it was accepted, for a connection that waited in the
+# lobby: its preamble's deadline counts from then. Weak: a connection
+# dropped before its preamble leaves no entry behind.
+_accepted: "WeakKeyDictionary[Any, float]" = WeakKeyDictionary()
+
+
+def note_accepted(request: Any, when: float) -> None:
+    """Count request's preamble deadline from when (time.monotonic())."""
+    _accepted[request] = when
+
+
+def budget(steps: Sequence[PreambleStep]) -> Optional[float]:
+    """The preamble's seconds: the sum of its steps' (None: no deadline)."""
     total = 0.0
     for step in steps:
         if step.timeout is None:
@@ -219,16 +243,21 @@ def _remaining(deadline: Optional[float]) -> Optional[float]:
     return left
 
 
+def remaining_ms(deadline: Optional[float]) -> int:
+    """What is left of deadline as poll()'s timeout (-1: none); raises
+    PreambleTimeout once it has passed."""
+    left = _remaining(deadline)
+    # poll() takes whole milliseconds: round up, never spin.
+    return -1 if left is None else int(left * 1000) + 1
+
+
 def wait_readable(sock: Any, deadline: Optional[float]) -> None:
     """Wait until sock is readable (or hung up), at most until deadline;
     raises PreambleTimeout when it passes first."""
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    while True:
-        left = _remaining(deadline)
-        # poll() takes whole milliseconds: round up, never spin.
-        if poller.poll(None if left is None else int(left * 1000) + 1):
-            return
+    while not poller.poll(remaining_ms(deadline)):
+        pass
 
 
 def describe(address: Any) -> str:

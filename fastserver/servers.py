@@ -8,16 +8,27 @@ override always wins.
 
 from __future__ import annotations
 
-import os
 import socket
+import ssl
 import sys
 import traceback
 from socket import socket as _Socket
-from typing import Any, Callable, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
 
-from . import _compat, preamble
-from ._executor import HandlerThreads, NoThreads
+from . import _compat, preamble, tls
 from .handlers import keeps_nagle
+from .lobby import Lobby
+from .mixins import ForkingMixIn, ThreadingMixIn, close_with_handlers
+
+__all__ = [
+    "BaseServer", "TCPServer", "UDPServer", "UnixStreamServer",
+    "UnixDatagramServer", "ForkingMixIn", "ThreadingMixIn",
+    "close_with_handlers",
+    "ForkingTCPServer", "ForkingUDPServer", "ThreadingTCPServer",
+    "ThreadingUDPServer", "ThreadingUnixStreamServer",
+    "ThreadingUnixDatagramServer", "ForkingUnixStreamServer",
+    "ForkingUnixDatagramServer",
+]
 
 _Address = Any
 _Server = TypeVar("_Server", bound="BaseServer")
@@ -69,6 +80,9 @@ class BaseServer:
       request_started(request, client_address) runs before process_request()
       and request_finished(request) once the request is closed (more than
       once for one request, possibly: later calls must be no-ops).
+    - lobby_limit: fastserver only; how many connections may wait for
+      their first bytes without a thread under serve_forever() (see
+      fastserver.lobby); past it the oldest is dropped.
 
     Instance variables:
 
@@ -83,6 +97,7 @@ class BaseServer:
     timeout: Optional[float] = None
     backend: Optional[str] = None
     request_observer: Any = None
+    lobby_limit: int = 1024
     # The core module; the instance gets the one its backend names.
     _fs_core: Any = _compat.default_core
     # Provided by subclasses (TCPServer and below); declared for type checkers.
@@ -91,6 +106,9 @@ class BaseServer:
     # A DatagramReceiver holding requests that were received in a batch and
     # are served before the loop waits again.
     _fs_buffered: Any = None
+    # While serve_forever() runs: the connections waiting for their first
+    # bytes, when the server's preamble has a step that waits for them.
+    _fs_lobby: Optional[Lobby] = None
 
     def __init__(self, server_address: _Address,
                  RequestHandlerClass: _RequestHandlerClass) -> None:
@@ -113,7 +131,27 @@ class BaseServer:
         service_actions() runs at least once every poll_interval seconds.
         shutdown() stops the loop at once. Ignores self.timeout.
         """
-        self._fs_loop.serve_forever(self, poll_interval)
+        self._fs_lobby = self._fs_open_lobby()
+        try:
+            self._fs_loop.serve_forever(self, poll_interval)
+        finally:
+            lobby, self._fs_lobby = self._fs_lobby, None
+            if lobby is not None:
+                # Finish what waits, unless the server was closed under us.
+                if self.fileno() >= 0:
+                    lobby.release_all()
+                lobby.close()
+
+    def _fs_open_lobby(self) -> Optional[Lobby]:
+        """A lobby for serve_forever(), if a preamble step waits for the
+        client's first bytes."""
+        if type(self).preamble_steps is BaseServer.preamble_steps:
+            return None
+        steps = self.preamble_steps()
+        for step in steps:
+            if step.waits_for_first_bytes:
+                return Lobby(self, step, preamble.budget(steps), self.lobby_limit)
+        return None
 
     def shutdown(self) -> None:
         """Stops the serve_forever loop.
@@ -167,19 +205,26 @@ class BaseServer:
             # socketserver leaks the request here; we close it.
             self.shutdown_request(request)
             raise
-        if accepted:
-            try:
-                if self.request_observer is not None:
-                    self.request_observer.request_started(request, client_address)
-                self.process_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-                self._fs_end_request(request)
-            except BaseException:
-                self._fs_end_request(request)
-                raise
-        else:
+        if not accepted:
             self.shutdown_request(request)
+            return
+        lobby = self._fs_lobby
+        if lobby is None or not lobby.admit(request, client_address):
+            self._fs_dispatch(request, client_address)
+
+    def _fs_dispatch(self, request: Any, client_address: _Address) -> None:
+        """process_request() for an accepted, verified request (from the
+        loop, or from the lobby once the client has spoken)."""
+        try:
+            if self.request_observer is not None:
+                self.request_observer.request_started(request, client_address)
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self._fs_end_request(request)
+        except BaseException:
+            self._fs_end_request(request)
+            raise
 
     def handle_timeout(self) -> None:
         """Called if no new request arrives within self.timeout.
@@ -316,6 +361,10 @@ class TCPServer(BaseServer):
     - request_queue_size (only for stream sockets)
     - allow_reuse_address
     - allow_reuse_port
+    - ssl_context: fastserver only; an ssl.SSLContext to give accepted
+      connections TLS, server side, or None (see fastserver.tls)
+    - tls_handshake_timeout: fastserver only; seconds for the whole TLS
+      handshake (None: no deadline)
 
     Instance variables:
 
@@ -329,6 +378,8 @@ class TCPServer(BaseServer):
     request_queue_size: int = 5
     allow_reuse_address: bool = False
     allow_reuse_port: bool = False
+    ssl_context: Optional[ssl.SSLContext] = None
+    tls_handshake_timeout: Optional[float] = tls.DEFAULT_HANDSHAKE_TIMEOUT
 
     def __init__(self, server_address: _Address,
                  RequestHandlerClass: _RequestHandlerClass,
@@ -383,8 +434,19 @@ class TCPServer(BaseServer):
         May be overridden.
         """
         nodelay = not keeps_nagle(self.RequestHandlerClass)
-        conn, address = self._fs_core.accept(self.socket, nodelay)
-        return conn, address
+        settings = tls.settings_of(self)
+        if settings is None:
+            return self._fs_core.accept(self.socket, nodelay)  # type: ignore[no-any-return]
+        # The raw connection (a wrapped listener's accept() would run the
+        # handshake here, on the loop), wrapped for the preamble's handshake.
+        conn, address = self._fs_core.accept(self.socket, nodelay, True)
+        return tls.wrap_accepted(settings, conn), address
+
+    def preamble_steps(self) -> Sequence[preamble.PreambleStep]:
+        """The TLS handshake, when the server has TLS (fastserver.tls)."""
+        if tls.settings_of(self) is None:
+            return ()
+        return (tls.TLSHandshake(self.tls_handshake_timeout),)
 
     def shutdown_request(self, request: Any) -> None:
         """Called to shutdown and close an individual request."""
@@ -418,7 +480,14 @@ class UDPServer(TCPServer):
 
     def server_activate(self) -> None:
         # A datagram socket does not listen().
-        pass
+        _refuse_tls(self)
+
+    # No preamble: a datagram is its own request.
+    preamble_steps = BaseServer.preamble_steps
+
+    def _fs_open_lobby(self) -> Optional[Lobby]:
+        _refuse_tls(self)   # an ssl_context set after construction
+        return None
 
     # Nothing to shut down: the socket is the server's; only close.
     shutdown_request = BaseServer.shutdown_request
@@ -428,147 +497,11 @@ class UDPServer(TCPServer):
         pass
 
 
-class ForkingMixIn:
-    """Mix-in class to handle each request in a new process."""
-
-    timeout: Optional[float] = 300
-    active_children: Optional[Set[int]] = None
-    max_children: int = 40
-    # If true, server_close() waits until all child processes complete.
-    block_on_close: bool = True
-
-    def collect_children(self, *, blocking: bool = False) -> None:
-        """Internal routine to wait for children that have exited."""
-        children = self.active_children
-        if children is None:
-            return
-        # Over the limit, reap any child at all (waitpid(-1)) until back
-        # under it: one syscall per exited child rather than per child.
-        while len(children) >= self.max_children:
-            try:
-                pid, _ = os.waitpid(-1, 0)
-            except ChildProcessError:
-                children.clear()  # no children left at all
-            except OSError:
-                break
-            else:
-                children.discard(pid)
-        flags = 0 if blocking else os.WNOHANG
-        for pid in tuple(children):
-            try:
-                reaped, _ = os.waitpid(pid, flags)
-            except ChildProcessError:
-                children.discard(pid)  # reaped by someone else
-            except OSError:
-                pass
-            else:
-                if reaped:
-                    children.discard(reaped)
-
-    def handle_timeout(self) -> None:
-        """Wait for zombies after self.timeout seconds of inactivity.
-
-        May be extended, do not override.
-        """
-        self.collect_children()
-
-    def service_actions(self) -> None:
-        """Collect the zombie child processes regularly in the ForkingMixIn.
-
-        service_actions is called in the BaseServer's serve_forever loop.
-        """
-        self.collect_children()
-
-    def process_request(self, request: Any, client_address: _Address) -> None:
-        """Fork a new subprocess to process the request."""
-        pid = os.fork()
-        if pid:
-            if self.active_children is None:
-                self.active_children = set()
-            self.active_children.add(pid)
-            # close, not shutdown: the child still talks on this connection.
-            self._fs_close_request(request)  # type: ignore[attr-defined]
-            return
-        # In the child, which must never return into the serve loop.
-        status = 1
-        try:
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
-            status = 0
-        except Exception:
-            self.handle_error(request, client_address)  # type: ignore[attr-defined]
-        finally:
-            try:
-                self.shutdown_request(request)  # type: ignore[attr-defined]
-            finally:
-                os._exit(status)
-
-    def server_close(self) -> None:
-        super().server_close()  # type: ignore[misc]
-        self.collect_children(blocking=self.block_on_close)
-
-
-class ThreadingMixIn:
-    """Mix-in class to handle each request in a new thread.
-
-    A thread that finished a request waits up to ``thread_idle_timeout``
-    seconds for the next one, so that busy servers do not pay for a new
-    thread per request; set it to 0 for a fresh thread every time.
-    """
-
-    # Whether handler threads are daemons (do not keep the process alive).
-    daemon_threads: bool = False
-    # If true, server_close() waits until all non-daemonic threads terminate.
-    block_on_close: bool = True
-    # Seconds an idle handler thread waits for another request.
-    thread_idle_timeout: float = 2.0
-    # The handler threads; the instance gets its own on the first request.
-    _threads: Any = NoThreads()
-
-    def process_request_thread(self, request: Any,
-                               client_address: _Address) -> None:
-        """Same as in BaseServer but as a thread.
-
-        In addition, exception handling is done here.
-        """
-        try:
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
-        except Exception:
-            self.handle_error(request, client_address)  # type: ignore[attr-defined]
-        finally:
-            if self.request_observer is None:  # type: ignore[attr-defined]
-                self.shutdown_request(request)  # type: ignore[attr-defined]
-            else:
-                self._fs_end_request(request)  # type: ignore[attr-defined]
-
-    def process_request(self, request: Any, client_address: _Address) -> None:
-        """Run process_request_thread in an idle or a new thread."""
-        threads = self.__dict__.get("_threads")
-        if threads is None:
-            threads = self._threads = HandlerThreads()
-        threads.idle_timeout = self.thread_idle_timeout
-        threads.submit(self.process_request_thread, (request, client_address),
-                       bool(self.daemon_threads))
-
-    def server_close(self) -> None:
-        close_with_handlers(self, super().server_close,  # type: ignore[misc]
-                            lambda: self._threads.close(join=bool(self.block_on_close)))
-
-
-def close_with_handlers(server: Any, close_socket: Callable[[], None],
-                        close_handlers: Callable[[], None]) -> None:
-    """server_close() of a server whose handlers run in threads.
-
-    A datagram handler replies through the server's own socket, so its
-    threads are waited for (or released) before that socket closes;
-    socketserver closes it first and an in-flight reply fails with EBADF.
-    A stream server closes its listening socket first, as socketserver does.
-    """
-    if getattr(server, "socket_type", None) == socket.SOCK_DGRAM:
-        close_handlers()
-        close_socket()
-    else:
-        close_socket()
-        close_handlers()
+def _refuse_tls(server: Any) -> None:
+    if getattr(server, "ssl_context", None) is not None:
+        raise ValueError(
+            "%s: ssl_context is for stream servers; datagram servers cannot "
+            "use TLS (Python's ssl module has no DTLS)" % type(server).__name__)
 
 
 class ForkingUDPServer(ForkingMixIn, UDPServer):

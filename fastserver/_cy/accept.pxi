@@ -8,17 +8,17 @@ _sock_type = _c_socket.socket.type.__get__
 _sock_proto = _c_socket.socket.proto.__get__
 
 
-def accept(sock, nodelay=False):
+def accept(sock, nodelay=False, raw=False):
     """See fastserver._contract.Core.accept."""
     cdef sockaddr_storage addr
     cdef socklen_t addrlen = 0
     cdef int64_t timeout, deadline
     cdef int err = 0, fd, cfd, one = 1
-    if not _drivable(sock, _ACCEPT_METHODS):
+    if not raw and not _drivable(sock, _ACCEPT_METHODS):
         return _set_nodelay(sock.accept(), nodelay)
     family = _sock_family(sock)
     if not _family_supported(family):
-        return _set_nodelay(sock.accept(), nodelay)
+        return _set_nodelay(_raw_accept(sock) if raw else sock.accept(), nodelay)
     timeout = _timeout_ns(sock)
     deadline = _deadline(timeout)
     while True:
@@ -47,6 +47,11 @@ def accept(sock, nodelay=False):
     if _getdefaulttimeout() is None and timeout != -1 and timeout != 0:
         conn.setblocking(True)
     return conn, address
+
+
+# socket.socket's own accept(): a plain socket, whatever sock's class does
+# (an SSLSocket's would run the handshake).
+_raw_accept = _socket.socket.accept
 
 
 def _set_nodelay(accepted, nodelay):

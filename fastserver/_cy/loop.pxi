@@ -23,11 +23,11 @@ cdef class ServeLoop:
 
     def serve_forever(self, server, poll_interval=0.5):
         cdef int wake[2]
-        cdef pollfd fds[2]
+        cdef pollfd fds[3]
         cdef int interval_ms, wait_ms, delay_ms, fd, i
         cdef nfds_t nfds
         cdef double delay
-        cdef bint ready
+        cdef bint ready, lobby_ready
         cdef int err
         try:
             # The listening descriptor first (see _pure's serve_forever).
@@ -45,35 +45,50 @@ cdef class ServeLoop:
             interval_ms = _poll_ms(poll_interval)
             fds[0].fd = wake[0]
             fds[0].events = POLLIN
-            fds[1].fd = fd
             fds[1].events = _POLL_READ
+            # The connections waiting for their first bytes (fastserver.lobby):
+            # one more descriptor, set for the whole run.
+            lobby = server._fs_lobby
+            nfds = 2
+            if lobby is not None:
+                fds[2].fd = lobby.fileno()
+                fds[2].events = POLLIN
+                nfds = 3
             while not self._shutdown_request:
+                lobby_ready = False
                 buffered = server._fs_buffered
                 if buffered is not None and buffered.pending:
                     ready = True
                 else:
                     wait_ms = interval_ms
-                    nfds = 2
+                    fds[1].fd = fd
                     delay = self._backoff.until - _monotonic()
                     if delay > 0:
-                        # Out of descriptors: wait on the waker alone.
-                        nfds = 1
+                        # Out of descriptors: leave the listener alone
+                        # (poll() skips a negative descriptor).
+                        fds[1].fd = -1
                         delay_ms = _poll_ms(delay)
                         wait_ms = delay_ms if wait_ms < 0 else min(wait_ms, delay_ms)
+                    if lobby is not None:
+                        wait_ms = lobby.timeout_ms(wait_ms)
                     fds[0].revents = 0
                     fds[1].revents = 0
+                    fds[2].revents = 0
                     ready = False
                     if _poll_retry(fds, nfds, wait_ms) > 0:
                         if fds[0].revents:
                             fs_waker_drain(wake[0])
-                        if nfds == 2 and fds[1].revents:
+                        if fds[1].revents:
                             if fds[1].revents & POLLNVAL:
                                 break   # server_close() under the loop: leave quietly
                             ready = True
+                        lobby_ready = fds[2].revents != 0
                 if self._shutdown_request:
                     break
                 if ready:
                     server._handle_request_noblock()
+                if lobby is not None:
+                    lobby.service(lobby_ready)
                 server.service_actions()
         finally:
             # With the GIL held throughout: shutdown() sees -1 or a live fd.

@@ -35,6 +35,9 @@ __all__ = ["read_header", "read_header_until", "HeaderTimeout"]
 # (addresses and a few TLVs); a longer one takes a second peek.
 _FIRST_PEEK = 512
 _PEEK_DONTWAIT = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+# The socket's own receive: on an ssl.SSLSocket whose handshake is still to
+# come (PROXY before TLS), its recv() would start the handshake instead.
+_raw_recv = socket.socket.recv
 
 
 class HeaderTimeout(ProxyProtocolError):
@@ -51,14 +54,14 @@ class _SocketSource:
     def peek(self, size: int) -> bytes:
         while True:
             try:
-                return self.sock.recv(size, _PEEK_DONTWAIT)
+                return _raw_recv(self.sock, size, _PEEK_DONTWAIT)
             except (BlockingIOError, socket.timeout):
                 wait_readable(self.sock, self.deadline)
 
     def consume(self, n: int) -> bytes:
         data = b""
         while len(data) < n:  # the bytes were peeked: at most a few rounds
-            chunk = self.sock.recv(n - len(data))
+            chunk = _raw_recv(self.sock, n - len(data))
             if not chunk:
                 break
             data += chunk
