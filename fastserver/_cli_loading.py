@@ -1,4 +1,5 @@
-"""The command line's errors, and how it imports the user's objects.
+"""The command line's errors, its number types, and how it imports the
+user's objects.
 
 ``python -m fastserver run`` reports every problem as one line naming what
 is wrong, with exit status 2 for a usage error (the command line asks for
@@ -10,6 +11,7 @@ inside the user's module into that module's own traceback.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import socketserver
@@ -20,6 +22,7 @@ from typing import Any, Optional
 from . import handlers
 
 __all__ = ["UsageError", "SetupError", "ImportFailed", "load_object",
+           "positive_float", "non_negative_float",
            "load_handler", "handler_kind"]
 
 
@@ -148,3 +151,22 @@ def handler_kind(handler: type) -> Optional[str]:
     if issubclass(handler, _DATAGRAM_HANDLERS):
         return "datagram"
     return None
+
+
+# --- argument types -------------------------------------------------------
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number: %r" % (text,))
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must not be negative, got %r" % (text,))
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be positive, got %r" % (text,))
+    return value

@@ -9,7 +9,9 @@ environment (see fastserver._cli_loading).
 The parser is built from small functions so that options can be added
 without touching the others: ``add_run_arguments()`` adds each group, and
 ``server_class_for()`` turns the parsed options into the server class, one
-class attribute per option.
+class attribute per option (``--certfile`` and its companions become one
+``ssl_context``, built by fastserver.tls_files; SIGHUP builds it again, see
+``tls_reloader()``).
 """
 
 from __future__ import annotations
@@ -25,16 +27,18 @@ import stat
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from . import activation, servers
+from . import activation, servers, tls_files
 from ._cli_loading import (ImportFailed, SetupError, UsageError, handler_kind,
-                           load_handler, load_object)
+                           load_handler, load_object, non_negative_float,
+                           positive_float)
+from ._cli_tls import add_tls_arguments, tls_attributes, tls_context, tls_reloader
 from .pool import ThreadPoolMixIn
 from .proxy import ProxyProtocolMixIn, _networks
 from .prefork import Supervisor
 
 __all__ = ["main", "build_parser", "add_run_arguments", "parse_bind",
-           "load_object", "server_class_for", "make_server",
-           "UsageError", "SetupError"]
+           "load_object", "server_class_for", "make_server", "tls_context",
+           "tls_reloader", "UsageError", "SetupError"]
 
 log = logging.getLogger("fastserver.cli")
 
@@ -107,7 +111,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes (default: the number of CPUs, %d here)"
              % (os.cpu_count() or 1))
     processes.add_argument(
-        "--graceful-timeout", metavar="S", type=_non_negative_float,
+        "--graceful-timeout", metavar="S", type=non_negative_float,
         default=DEFAULT_GRACEFUL_TIMEOUT,
         help="seconds in-flight requests get to finish after SIGTERM "
              "(default %g)" % DEFAULT_GRACEFUL_TIMEOUT)
@@ -135,10 +139,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
              "(default) or serve them with their real address, never "
              "reading a header")
     proxy.add_argument(
-        "--proxy-timeout", metavar="S", type=_positive_float,
+        "--proxy-timeout", metavar="S", type=positive_float,
         default=DEFAULT_PROXY_TIMEOUT,
         help="seconds the whole header may take to arrive (default %g)"
              % DEFAULT_PROXY_TIMEOUT)
+    add_tls_arguments(parser)
     systemd = parser.add_argument_group("systemd")
     systemd.add_argument(
         "--systemd", action="store_true",
@@ -161,29 +166,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be positive, got %r" % (text,))
-    return value
-
-
 def _cidr(text: str) -> str:
     try:
         _networks([text])
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc))
     return text
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number: %r" % (text,))
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must not be negative, got %r" % (text,))
-    return value
 
 
 # --- turning options into a server -----------------------------------------
@@ -330,6 +318,7 @@ def server_class_for(args: argparse.Namespace, family: int) -> type:
         attrs["proxy_timeout"] = args.proxy_timeout
     elif getattr(args, "trusted_proxy", None):
         raise UsageError("--trusted-proxy needs --proxy-protocol")
+    attrs.update(tls_attributes(args, base))
     return type(name, bases, attrs)
 
 
@@ -504,6 +493,14 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         if args.signal_handler is not None:
             post_fork = signal_post_fork(args.signal_handler)
         server = make_server(args)
+        before_reload = None
+        if getattr(args, "certfile", None) is not None:
+            before_reload = tls_reloader(args)
+            logging.getLogger("fastserver.tls").info("TLS with %s%s",
+                         tls_files.describe_paths(args.certfile, args.keyfile),
+                         "; client certificates %s (CAs in %s)"
+                         % (args.verify_client, args.cafile)
+                         if args.cafile is not None else "")
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         sys.stderr.write(_error_line(parser, str(exc)))
@@ -517,7 +514,7 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         return exc.exit_status
     supervisor = Supervisor(server, workers=args.workers,
                             graceful_timeout=args.graceful_timeout,
-                            post_fork=post_fork)
+                            post_fork=post_fork, before_reload=before_reload)
     return supervisor.run()
 
 

@@ -85,10 +85,13 @@ class Lobby:
         if not self._step.wants_lobby(request):
             return False
         now = monotonic()
-        preamble.note_accepted(request, now)
         fd = request.fileno()
+        try:
+            self._selector.register(fd, selectors.EVENT_READ)
+        except (OSError, ValueError):
+            return False   # out of memory, say: the preamble waits in line
+        preamble.note_accepted(request, now)
         deadline = None if self._budget is None else now + self._budget
-        self._selector.register(fd, selectors.EVENT_READ)
         self._waiting[fd] = (request, client_address, deadline)
         while len(self._waiting) > self._limit:
             self._drop(next(iter(self._waiting)), "too many connections waiting")
@@ -107,7 +110,8 @@ class Lobby:
             fd, (_, _, deadline) = next(iter(self._waiting.items()))
             if deadline is None or deadline > now:
                 break
-            self._drop(fd, "no complete first message within %g s" % self._budget)
+            self._drop(fd, "no complete first message within %g s"
+                       % (self._budget or 0.0))
 
     def release_all(self) -> None:
         """serve_forever() is ending: every waiting connection goes on."""

@@ -138,7 +138,7 @@ class BaseServer:
             lobby, self._fs_lobby = self._fs_lobby, None
             if lobby is not None:
                 # Finish what waits, unless the server was closed under us.
-                if self.fileno() >= 0:
+                if self.socket.fileno() >= 0:
                     lobby.release_all()
                 lobby.close()
 

@@ -79,8 +79,10 @@ def settings_of(server: Any) -> Optional[TLSSettings]:
         return TLSSettings(context, True, True)
     listener = getattr(server, "socket", None)
     if isinstance(listener, ssl.SSLSocket):
-        return TLSSettings(listener.context, listener.do_handshake_on_connect,
-                           listener.suppress_ragged_eofs)
+        # Attributes ssl.py sets on every SSLSocket (typeshed omits them).
+        return TLSSettings(listener.context,
+                           getattr(listener, "do_handshake_on_connect", True),
+                           getattr(listener, "suppress_ragged_eofs", True))
     return None
 
 
@@ -96,7 +98,7 @@ def wrap_accepted(settings: TLSSettings, conn: socket.socket) -> ssl.SSLSocket:
         raise
     # What the listening socket said, for code that reads it; the
     # handshake itself is the preamble's.
-    wrapped.do_handshake_on_connect = settings.do_handshake_on_connect
+    setattr(wrapped, "do_handshake_on_connect", settings.do_handshake_on_connect)
     return wrapped
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any, List
 import pytest
 
 from conftest import HOST, Impl, serving
+from test_tls import pki  # noqa: F401  (the fixture)
 
 
 def test_shutdown_wakes_the_loop_at_once(impl: Impl) -> None:
@@ -206,3 +208,70 @@ def test_server_close_under_the_loop_ends_it(impl: Impl) -> None:
 
     assert still_serving(impl.ss) is False
     assert still_serving(socketserver) is True
+
+
+# --- TLS (fastserver.tls) -----------------------------------------------------
+
+def _wrapped_threading_server(ss: Any, cert: Any, seen: List[Any]) -> Any:
+    """socketserver's HTTPS idiom: a ThreadingTCPServer whose listening
+    socket is wrapped; verify_request() records what TLS version its
+    request has negotiated so far."""
+    from test_tls import echo_handler
+    from tlscerts import server_context
+
+    class Server(ss.ThreadingTCPServer):
+        daemon_threads = True
+
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            seen.append(request.version())
+            return True
+
+    server = Server((HOST, 0), echo_handler(ss))
+    server.socket = server_context(cert).wrap_socket(server.socket, server_side=True)
+    return server
+
+
+def test_a_silent_client_no_longer_stalls_a_wrapped_listener(impl: Impl, pki: Any) -> None:
+    """With the listening socket wrapped, socketserver's accept() runs the
+    whole handshake on the serve loop, with no deadline: one client that
+    connects and sends nothing keeps the next real client from being
+    served at all. fastserver accepts the raw connection and handshakes
+    off the loop."""
+    from test_tls import tls_request
+
+    ca, cert, _ = pki
+
+    def served_beside_a_silent_client(ss: Any) -> bool:
+        server = _wrapped_threading_server(ss, cert, [])
+        with serving(server):
+            silent = socket.create_connection(server.server_address)
+            try:
+                return tls_request(server, ca, timeout=1.0).endswith(b" hello\n")
+            except (socket.timeout, ssl.SSLError, ConnectionError):
+                return False
+            finally:
+                silent.close()   # socketserver's loop then moves on
+
+    assert served_beside_a_silent_client(impl.ss)
+    assert not served_beside_a_silent_client(socketserver)
+
+
+def test_verify_request_runs_before_the_handshake(impl: Impl, pki: Any) -> None:
+    """socketserver's accept() has finished the handshake before
+    verify_request(); fastserver's verify_request() gets the same
+    ssl.SSLSocket with its handshake still to come (version() None), since
+    the handshake is the preamble's, in the request's own thread. The
+    handler sees the finished handshake on both."""
+    from test_tls import tls_request
+
+    ca, cert, _ = pki
+
+    def versions_seen(ss: Any) -> List[Any]:
+        seen: List[Any] = []
+        server = _wrapped_threading_server(ss, cert, seen)
+        with serving(server):
+            assert tls_request(server, ca) == b"SSLSocket TLSv1.3 - - hello\n"
+        return seen
+
+    assert versions_seen(impl.ss) == [None]
+    assert versions_seen(socketserver) == ["TLSv1.3"]

@@ -14,7 +14,10 @@ import subprocess
 import sys
 import textwrap
 
+from typing import Any
+
 from conftest import Impl, backend_env
+from tlscerts import make_ca, make_cert
 
 # Runs first in every subprocess: pins the backend and installs fastserver
 # as socketserver before any stdlib server module is imported.
@@ -107,6 +110,52 @@ def test_http_server_serves_a_file(impl: Impl) -> None:
             shutil.rmtree(root)
         print("ALL-PASSED")
     ''')
+
+
+def test_https_idiom_serves_beside_silent_clients(impl: Impl, tmp_path: Any) -> None:
+    """http.server's HTTPS idiom on fastserver: ThreadingHTTPServer with its
+    listening socket wrapped, fetched by urllib with a verifying context,
+    while 40 clients sit connected and silent (on the stdlib the first of
+    them stops the server; tests/test_discrepancies.py)."""
+    ca = make_ca(tmp_path)
+    cert = make_cert(tmp_path, ca, "server")
+    run_script(impl, '''
+        import http.server, socket, ssl, urllib.request
+
+        class Hello(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = (type(self.request).__name__ + " "
+                        + self.request.version()).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        # A backlog for the silent crowd (5 drops SYNs: 1 s retransmits).
+        http.server.ThreadingHTTPServer.request_queue_size = 64
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+        server.daemon_threads = True
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(%r, %r)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        thread = start(server)
+        silent = [socket.create_connection(server.server_address)
+                  for _ in range(40)]
+        try:
+            client = ssl.create_default_context(cafile=%r)
+            url = "https://localhost:%%d/" %% server.server_address[1]
+            for _ in range(3):
+                with urllib.request.urlopen(url, context=client, timeout=5) as reply:
+                    assert reply.read() == b"SSLSocket TLSv1.3", "bad reply"
+        finally:
+            for sock in silent:
+                sock.close()
+            stop(server, thread)
+        print("ALL-PASSED")
+    ''' % (cert.cert, cert.key, ca.cert))
 
 
 def test_xmlrpc_server_answers_calls(impl: Impl) -> None:

@@ -59,13 +59,20 @@ class Supervisor:
 
     Methods for the caller:
 
-    - __init__(server, workers=None, graceful_timeout=30.0, post_fork=None)
+    - __init__(server, workers=None, graceful_timeout=30.0, post_fork=None,
+      before_reload=None)
     - run() -> exit status; call it from the main thread
 
     The server must be bound and activated (the constructor's default).
     Every worker runs ``server.serve_forever()`` on the shared socket.
     ``post_fork(server, worker_index)``, when given, runs in each worker
-    before it serves.
+    before it serves. ``before_reload(server)``, when given, runs in the
+    supervisor on SIGHUP before the new workers are forked, so that what it
+    changes on the server (a renewed ``ssl_context``) is what they serve
+    with; if it raises, the error is logged and the workers are replaced
+    all the same, with the server as it was. A hook that can fail in
+    expected ways (a half-written file) should log those itself, in one
+    line, and leave the server unchanged.
 
     Signals to the supervisor:
 
@@ -73,7 +80,8 @@ class Supervisor:
       already accepted or queued, give in-flight requests up to
       ``graceful_timeout`` seconds, then exit with status 0.
     - SIGINT, SIGQUIT: stop fast; in-flight requests are cut.
-    - SIGHUP: replace every worker with a fresh one, gracefully.
+    - SIGHUP: call before_reload, then replace every worker with a fresh
+      one, gracefully.
     - SIGUSR1, SIGUSR2: forwarded to the workers (which ignore them unless
       post_fork installed a handler).
 
@@ -103,7 +111,8 @@ class Supervisor:
 
     def __init__(self, server: Any, workers: Optional[int] = None,
                  graceful_timeout: float = 30.0,
-                 post_fork: Optional[Callable[[Any, int], None]] = None) -> None:
+                 post_fork: Optional[Callable[[Any, int], None]] = None,
+                 before_reload: Optional[Callable[[Any], None]] = None) -> None:
         if workers is None:
             workers = os.cpu_count() or 1
         if workers < 1:
@@ -114,6 +123,7 @@ class Supervisor:
         self.workers = workers
         self.graceful_timeout = graceful_timeout
         self.post_fork = post_fork
+        self.before_reload = before_reload
         self.listener = Listener(server.socket, inherited=bool(
             getattr(server, "socket_inherited", False)))
         self._slots = [_Slot(i) for i in range(workers)]
@@ -237,9 +247,18 @@ class Supervisor:
         self._kill_all(signal.SIGINT)
 
     def reload(self) -> None:
-        """Replace every worker gracefully (what SIGHUP does)."""
+        """Run before_reload, then replace every worker gracefully (what
+        SIGHUP does)."""
         if self._mode != "serving":
             return
+        if self.before_reload is not None:
+            # Before the fork: the new workers inherit what it changed. The
+            # old workers keep their own copy until they have drained.
+            try:
+                self.before_reload(self.server)
+            except Exception:
+                log.exception("before_reload failed; the new workers start "
+                              "with the server as it was")
         log.info("replacing %d workers", len(self._pids))
         old = dict(self._pids)
         for pid, slot in old.items():
