@@ -11,11 +11,12 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from . import build, machine, report
+from . import build, machine, report, tls
 from .runner import REPO_ROOT, Outcome, RunConfig, machine_busy_seconds, run_once
 from .workloads import (
     IMPLS,
@@ -194,6 +195,8 @@ def run_all(args: argparse.Namespace, cfg: RunConfig) -> dict[str, Any]:
                 "handler": w.handler,
                 "unit": w.unit,
                 "has_latency": w.has_latency,
+                "tls": w.tls,
+                "silent": w.silent,
                 "rows": rows,
             }
             profile_parts: dict[str, list[Path]] = {impl: [] for impl in args.impls}
@@ -201,6 +204,11 @@ def run_all(args: argparse.Namespace, cfg: RunConfig) -> dict[str, Any]:
             for rep in range(1, args.reps + 1):
                 for impl in args.impls:
                     row = rows[impl]
+                    if w.unsupported(impl):
+                        # This workload's alone: the impl still runs the others.
+                        row.update(status="unavailable", reason=w.unsupported(impl))
+                        progress.skip(1)
+                        continue
                     if impl in unavailable:
                         row.update(status="unavailable", reason=unavailable[impl])
                         progress.skip(1)
@@ -232,6 +240,7 @@ def run_all(args: argparse.Namespace, cfg: RunConfig) -> dict[str, Any]:
                 if profile_dir and profile_parts[impl]:
                     merge_profiles(profile_parts[impl], profile_dir / f"{w.name}-{impl}.prof")
             report.add_ratios(rows)
+            doc["workloads"][w.name]["tls_agreed"] = report.tls_agreed(rows)
     finally:
         progress.close()
     doc["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -257,17 +266,24 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("bench: --png needs matplotlib (pip install matplotlib); no chart will be drawn", file=sys.stderr)
             args.png = None
-    try:
-        cfg = RunConfig(
-            duration=args.duration,
-            warmup=args.warmup,
-            loadgen=build.binary("loadgen"),
-            echo_ref=build.binary("echo_ref"),
-            python=args.python,
-        )
-    except build.BuildError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 2
+    with tempfile.TemporaryDirectory(prefix="fsbench-tls-") as cert_dir:
+        try:
+            cfg = RunConfig(
+                duration=args.duration,
+                warmup=args.warmup,
+                loadgen=build.binary("loadgen"),
+                echo_ref=build.binary("echo_ref"),
+                python=args.python,
+            )
+            if any(w.tls for w in args.workloads):
+                cfg.tls_files = tls.make_certificate(Path(cert_dir))
+        except build.BuildError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
+        return run_and_report(args, cfg)
+
+
+def run_and_report(args: argparse.Namespace, cfg: RunConfig) -> int:
     busy = idle_check()
     if busy > report.BUSY_CPUS:
         print(

@@ -8,6 +8,12 @@
  * regenerated instead of stored (http mode checks the status line and a
  * fixed body, framed by Content-Length).  Results go to stdout as one JSON line;
  * diagnostics go to stderr.
+ *
+ * --tls speaks TLS on every stream connection (loadgen_tls.c, OpenSSL): a
+ * session per persistent connection, or a full handshake per connection in
+ * perconn mode.  --silent N holds N extra plain TCP connections open for the
+ * whole run that never send a byte (a client stalling a server's accept
+ * path); they are connected before any measured connection starts.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -30,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadgen_tls.h"
+
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
@@ -37,7 +45,7 @@
 enum mode { M_PINGPONG, M_PIPELINED, M_PERCONN, M_UDP, M_UNIX, M_BULK, M_HTTP, N_MODES };
 static const char *mode_names[N_MODES] = {"pingpong", "pipelined", "perconn", "udp", "unix", "bulk", "http"};
 
-enum state { S_IDLE, S_CONNECTING, S_OPEN };
+enum state { S_IDLE, S_CONNECTING, S_HANDSHAKE, S_OPEN };
 
 /* Header "SSSSSSSS:QQQQQQQQQQQQQQQQ:" identifies slot and sequence number. */
 #define HEADER_LEN 26
@@ -62,13 +70,16 @@ static struct {
     const char *path;
     int conns, depth, size, chunk, window;
     double duration, warmup;
-    int udp_timeout_ms, any_reply, cpu;
-} opt = {M_PINGPONG, "127.0.0.1", 0, NULL, 0, 0, 64, 65536, 0, 2.0, 0.5, 250, 0, -1};
+    int udp_timeout_ms, any_reply, cpu, tls, silent;
+} opt = {M_PINGPONG, "127.0.0.1", 0, NULL, 0, 0, 64, 65536, 0, 2.0, 0.5, 250, 0, -1, 0, 0};
 
 static struct {
     uint64_t count, bytes, errors, mismatches, lost, late, connects, closed_by_server;
+    uint64_t silent_closed; /* silent connections the server closed (they are reopened) */
+    int silent_open_at_start; /* silent connections up when the measured clients started */
     int reported_errors, reported_mismatches;
     char first_error[200], first_mismatch[200];
+    char tls_version[32], tls_cipher[64]; /* as agreed by the first handshake */
 } st;
 
 static uint32_t hist[HIST_US + 1];
@@ -76,6 +87,8 @@ static uint64_t hist_n, hist_max;
 
 typedef struct conn {
     int fd, id;
+    int silent;           /* a --silent connection: connects, then only watches for the server closing it */
+    SSL *ssl;             /* --tls: the session on fd, from connect to close */
     enum state state;
     uint64_t sent, rcvd;  /* lines (bulk: bytes) */
     double t_start;       /* batch send time, or connect time for perconn and a new http connection */
@@ -192,6 +205,10 @@ static void set_out_interest(conn_t *c, int want) {
 }
 
 static void drop_conn(conn_t *c, double retry_delay) {
+    if (c->ssl) {
+        tls_free(c->ssl);
+        c->ssl = NULL;
+    }
     if (c->fd >= 0) {
         epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
@@ -230,7 +247,8 @@ static void open_conn(conn_t *c) {
     if (family == AF_INET) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (opt.mode == M_PERCONN || opt.mode == M_HTTP) { /* http: for servers that close after each reply */
+        /* http: for servers that close after each reply */
+        if (opt.mode == M_PERCONN || opt.mode == M_HTTP || c->silent) {
             struct sockaddr_in src;
             next_source_address(&src);
             setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
@@ -245,7 +263,7 @@ static void open_conn(conn_t *c) {
     c->fd = fd;
     c->want_out = 1;
     c->state = S_CONNECTING;
-    /* A request that needs a new connection waits for it too. */
+    /* A request that needs a new connection waits for it (and its handshake) too. */
     if (opt.mode == M_PERCONN || opt.mode == M_HTTP) c->t_start = now_s;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
@@ -259,8 +277,24 @@ static void open_conn(conn_t *c) {
     }
 }
 
+/* TLS: what a call that could not complete waits for. */
+static void tls_wait(conn_t *c, enum tls_status status) {
+    set_out_interest(c, status == TLS_WANT_WRITE);
+}
+
 static void flush_lines(conn_t *c) {
     while (c->woff < c->wlen) {
+        if (c->ssl) {
+            enum tls_status status;
+            char why[160];
+            ssize_t n = tls_write(c->ssl, c->wbuf + c->woff, c->wlen - c->woff, &status, why, sizeof why);
+            if (n > 0) { c->woff += (size_t)n; continue; }
+            /* A write that waits for readability is retried on EPOLLIN (on_stream_event). */
+            if (status == TLS_WANT_READ || status == TLS_WANT_WRITE) { tls_wait(c, status); return; }
+            ERROR("conn %d: TLS send: %s", c->id, status == TLS_EOF ? "server closed the connection" : why);
+            fail_conn(c);
+            return;
+        }
         ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL);
         if (n > 0) { c->woff += (size_t)n; continue; }
         if (n < 0 && errno == EINTR) continue;
@@ -309,12 +343,36 @@ static void pump_bulk(conn_t *c) {
     set_out_interest(c, 0);
 }
 
+/* The connection is up (and its handshake done): start its load. */
+static void on_open(conn_t *c) {
+    c->state = S_OPEN;
+    c->sent_at_connect = c->sent;
+    st.connects++;
+    if (c->ssl && !st.tls_version[0]) {
+        snprintf(st.tls_version, sizeof st.tls_version, "%s", tls_version_name(c->ssl));
+        snprintf(st.tls_cipher, sizeof st.tls_cipher, "%s", tls_cipher_name(c->ssl));
+    }
+    if (opt.mode == M_BULK) pump_bulk(c);
+    else start_batch(c);
+}
+
+static void continue_handshake(conn_t *c) {
+    char why[160];
+    enum tls_status status = tls_handshake(c->ssl, why, sizeof why);
+    if (status == TLS_OK) on_open(c);
+    else if (status == TLS_WANT_READ || status == TLS_WANT_WRITE) tls_wait(c, status);
+    else {
+        ERROR("conn %d: TLS handshake: %s", c->id, status == TLS_EOF ? "server closed the connection" : why);
+        fail_conn(c);
+    }
+}
+
 static void on_connected(conn_t *c) {
     int err = 0;
     socklen_t len = sizeof err;
     getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
     if (err) {
-        ERROR("connect: %s", strerror(err));
+        ERROR("%sconnect: %s", c->silent ? "silent connection: " : "", strerror(err));
         fail_conn(c);
         return;
     }
@@ -330,11 +388,24 @@ static void on_connected(conn_t *c) {
             return;
         }
     }
-    c->state = S_OPEN;
-    c->sent_at_connect = c->sent;
-    st.connects++;
-    if (opt.mode == M_BULK) pump_bulk(c);
-    else start_batch(c);
+    if (c->silent) {
+        c->state = S_OPEN;
+        set_out_interest(c, 0); /* from now on only the server's closing it matters */
+        return;
+    }
+    if (!opt.tls) {
+        on_open(c);
+        return;
+    }
+    char why[160];
+    c->ssl = tls_attach(c->fd, why, sizeof why);
+    if (!c->ssl) {
+        ERROR("conn %d: %s", c->id, why);
+        fail_conn(c);
+        return;
+    }
+    c->state = S_HANDSHAKE;
+    continue_handshake(c);
 }
 
 static void on_line(conn_t *c, const char *line, size_t len, int *stop) {
@@ -359,6 +430,20 @@ static void on_line(conn_t *c, const char *line, size_t len, int *stop) {
 /* Appends what the socket holds to c->rbuf: 1 if bytes came, 0 if none are
  * waiting, -1 if the connection ended (it has been dropped). */
 static int recv_more(conn_t *c) {
+    if (c->ssl) {
+        enum tls_status status;
+        char why[160];
+        ssize_t n = tls_read(c->ssl, c->rbuf + c->rlen, c->rcap - c->rlen, &status, why, sizeof why);
+        if (n > 0) {
+            c->rlen += (size_t)n;
+            return 1;
+        }
+        if (status == TLS_WANT_READ) return 0;
+        if (status == TLS_WANT_WRITE) { set_out_interest(c, 1); return 0; }
+        ERROR("conn %d: %s", c->id, status == TLS_EOF ? "server closed the connection" : why);
+        fail_conn(c);
+        return -1;
+    }
     for (;;) {
         ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
         if (n < 0 && errno == EINTR) continue;
@@ -401,6 +486,7 @@ static void read_lines(conn_t *c) {
             }
             if (opt.mode != M_PIPELINED) record_latency(now() - c->t_start);
             if (opt.mode == M_PERCONN) {
+                if (c->ssl) tls_close_notify(c->ssl);
                 drop_conn(c, 0);
                 open_conn(c);
             } else {
@@ -548,24 +634,54 @@ static void read_bulk(conn_t *c) {
     pump_bulk(c);
 }
 
+/* A silent connection only notices the server closing it, and reopens. */
+static void on_silent_event(conn_t *c) {
+    char scratch[4096];
+    for (;;) {
+        ssize_t r = recv(c->fd, scratch, sizeof scratch, 0);
+        if (r > 0) continue; /* e.g. a TLS alert before the close */
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && errno == EAGAIN) return;
+        st.silent_closed++;
+        drop_conn(c, 0.01);
+        return;
+    }
+}
+
+static void read_replies(conn_t *c) {
+    if (opt.mode == M_BULK) read_bulk(c);
+    else if (opt.mode == M_HTTP) read_http(c);
+    else read_lines(c);
+}
+
 static void on_stream_event(conn_t *c, uint32_t events) {
     if (c->state == S_CONNECTING) {
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
         on_connected(c);
-        if (c->state != S_OPEN) return;
-        events &= ~(uint32_t)EPOLLOUT;
+        return; /* open (load started), handshaking, or dropped */
+    }
+    if (c->silent) {
+        if (c->state == S_OPEN) on_silent_event(c);
+        return;
+    }
+    if (c->state == S_HANDSHAKE) {
+        continue_handshake(c);
+        return;
     }
     if (c->state != S_OPEN) return;
+    if (c->ssl) {
+        /* A TLS read or write can wait for either direction: retry both. */
+        if (c->woff < c->wlen) flush_lines(c);
+        else if (events & EPOLLOUT) set_out_interest(c, 0);
+        if (c->state == S_OPEN) read_replies(c);
+        return;
+    }
     if (events & EPOLLOUT) {
         if (opt.mode == M_BULK) pump_bulk(c);
         else flush_lines(c);
         if (c->state != S_OPEN) return;
     }
-    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
-        if (opt.mode == M_BULK) read_bulk(c);
-        else if (opt.mode == M_HTTP) read_http(c);
-        else read_lines(c);
-    }
+    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) read_replies(c);
 }
 
 /*
@@ -574,12 +690,14 @@ static void on_stream_event(conn_t *c, uint32_t events) {
  * So half-close instead, let the handlers answer what is in flight and see
  * EOF, and read until the server closes (bounded in time).
  */
-static void drain(conn_t *conns) {
+static void drain(conn_t *conns, int total) {
     int open = 0;
-    for (int i = 0; i < opt.conns; i++) {
+    for (int i = 0; i < total; i++) {
         conn_t *c = &conns[i];
         if (c->fd < 0) continue;
-        if (c->state != S_OPEN || shutdown(c->fd, SHUT_WR) < 0) {
+        if (c->ssl && c->state == S_OPEN) tls_close_notify(c->ssl);
+        /* A silent connection has nothing in flight: it just goes. */
+        if (c->silent || c->state != S_OPEN || shutdown(c->fd, SHUT_WR) < 0) {
             drop_conn(c, 0);
             continue;
         }
@@ -604,29 +722,58 @@ static void drain(conn_t *conns) {
             }
         }
     }
-    for (int i = 0; i < opt.conns; i++)
+    for (int i = 0; i < total; i++)
         if (conns[i].fd >= 0) drop_conn(&conns[i], 0);
 }
 
+static void reopen_idle(conn_t *conns, int from, int to) {
+    for (int i = from; i < to; i++)
+        if (conns[i].state == S_IDLE && conns[i].fd < 0 && now_s >= conns[i].retry_at) open_conn(&conns[i]);
+}
+
+/* The silent connections go first, so that a server accepting in order
+ * meets them before any measured client (bounded: a server whose backlog
+ * is full leaves some unconnected, and the result says how many were up). */
+static void connect_silent(conn_t *conns, int total) {
+    struct epoll_event evs[MAX_EVENTS];
+    double deadline = now() + 5.0;
+    for (;;) {
+        now_s = now();
+        int up = 0;
+        for (int i = opt.conns; i < total; i++) up += conns[i].state == S_OPEN;
+        if (up == opt.silent || now_s >= deadline) {
+            st.silent_open_at_start = up;
+            if (up < opt.silent) fprintf(stderr, "loadgen: only %d of %d silent connections up\n", up, opt.silent);
+            return;
+        }
+        reopen_idle(conns, opt.conns, total);
+        int n = epoll_wait(epfd, evs, MAX_EVENTS, 10);
+        now_s = now();
+        for (int i = 0; i < n; i++) on_stream_event(evs[i].data.ptr, evs[i].events);
+    }
+}
+
 static int run_stream(void) {
-    conn_t *conns = calloc((size_t)opt.conns, sizeof *conns);
+    int total = opt.conns + opt.silent;
+    conn_t *conns = calloc((size_t)total, sizeof *conns);
     size_t line_bytes = (size_t)(opt.mode == M_PIPELINED ? opt.depth : 1) * opt.size;
     if (opt.mode == M_HTTP) line_bytes = HTTP_REQUEST_LEN;
-    for (int i = 0; i < opt.conns; i++) {
+    for (int i = 0; i < total; i++) {
         conns[i].fd = -1;
         conns[i].id = i;
+        conns[i].silent = i >= opt.conns;
         conns[i].wbuf = malloc(line_bytes);
         conns[i].rcap = opt.mode == M_HTTP ? HTTP_MAX_RESPONSE : line_bytes * 2 + 4096;
         conns[i].rbuf = malloc(conns[i].rcap + 1);
     }
+    connect_silent(conns, total);
     struct epoll_event evs[MAX_EVENTS];
     double start = now(), warm_end = start + opt.warmup, end = warm_end + opt.duration;
     now_s = start;
     measure_start = warm_end;
     while ((now_s = now()) < end) {
         measuring = now_s >= warm_end;
-        for (int i = 0; i < opt.conns; i++)
-            if (conns[i].state == S_IDLE && conns[i].fd < 0 && now_s >= conns[i].retry_at) open_conn(&conns[i]);
+        reopen_idle(conns, 0, total);
         int n = epoll_wait(epfd, evs, MAX_EVENTS, 2);
         if (n < 0 && errno != EINTR) { ERROR("epoll_wait: %s", strerror(errno)); break; }
         now_s = now();
@@ -634,7 +781,7 @@ static int run_stream(void) {
         for (int i = 0; i < n; i++) on_stream_event(evs[i].data.ptr, evs[i].events);
     }
     measure_end = now_s;
-    drain(conns);
+    drain(conns, total);
     return 0;
 }
 
@@ -854,7 +1001,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --mode pingpong|pipelined|perconn|udp|unix|bulk|http [--host 127.0.0.1 --port N | --path SOCK]\n"
             "               [--conns N] [--depth K] [--size BYTES] [--chunk BYTES] [--window BYTES]\n"
-            "               [--duration S] [--warmup S] [--udp-timeout-ms MS] [--any-reply] [--cpu N]\n");
+            "               [--duration S] [--warmup S] [--udp-timeout-ms MS] [--any-reply] [--cpu N]\n"
+            "               [--tls] [--silent N]   (--tls: pingpong, pipelined, perconn, unix, http)\n");
 }
 
 static void print_result(double measured) {
@@ -870,7 +1018,7 @@ static void print_result(double measured) {
            "\"duration\": %.3f, \"warmup\": %.3f, \"count\": %llu, \"rate\": %.1f, \"unit\": \"%s\", "
            "\"bytes\": %llu, \"errors\": %llu, \"mismatches\": %llu, \"lost\": %llu, \"late\": %llu, "
            "\"connects\": %llu, \"closed_by_server\": %llu, \"p50_us\": %s, \"p99_us\": %s, \"max_us\": %s, \"verified\": %s, "
-           "\"valid\": %s, \"first_error\": \"%s\", \"first_mismatch\": \"%s\"}\n",
+           "\"valid\": %s, \"first_error\": \"%s\", \"first_mismatch\": \"%s\", ",
            mode_names[opt.mode], opt.conns, opt.depth, opt.size, opt.chunk, measured, opt.warmup,
            (unsigned long long)st.count, rate, opt.mode == M_BULK ? "bytes/s" : "req/s",
            (unsigned long long)st.bytes, (unsigned long long)st.errors, (unsigned long long)st.mismatches,
@@ -878,6 +1026,10 @@ static void print_result(double measured) {
            (unsigned long long)st.closed_by_server, p50, p99,
            pmax, opt.any_reply ? "false" : "true", st.mismatches ? "false" : "true", st.first_error,
            st.first_mismatch);
+    printf("\"tls\": %s, \"tls_version\": \"%s\", \"tls_cipher\": \"%s\", \"silent\": %d, "
+           "\"silent_open_at_start\": %d, \"silent_closed\": %llu}\n",
+           opt.tls ? "true" : "false", st.tls_version, st.tls_cipher, opt.silent, st.silent_open_at_start,
+           (unsigned long long)st.silent_closed);
     fflush(stdout);
 }
 
@@ -886,7 +1038,8 @@ int main(int argc, char **argv) {
         {"mode", 1, 0, 'm'},    {"host", 1, 0, 'h'},     {"port", 1, 0, 'p'},     {"path", 1, 0, 'P'},
         {"conns", 1, 0, 'c'},   {"depth", 1, 0, 'k'},    {"size", 1, 0, 's'},     {"chunk", 1, 0, 'C'},
         {"window", 1, 0, 'w'},  {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'W'},   {"udp-timeout-ms", 1, 0, 't'},
-        {"any-reply", 0, 0, 'a'}, {"cpu", 1, 0, 'u'},    {"help", 0, 0, '?'},     {0, 0, 0, 0}};
+        {"any-reply", 0, 0, 'a'}, {"cpu", 1, 0, 'u'},    {"tls", 0, 0, 'T'},      {"silent", 1, 0, 'S'},
+        {"help", 0, 0, '?'},    {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (ch) {
@@ -910,6 +1063,8 @@ int main(int argc, char **argv) {
         case 't': opt.udp_timeout_ms = atoi(optarg); break;
         case 'a': opt.any_reply = 1; break;
         case 'u': opt.cpu = atoi(optarg); break;
+        case 'T': opt.tls = 1; break;
+        case 'S': opt.silent = atoi(optarg); break;
         default: usage(); return 2;
         }
     }
@@ -918,9 +1073,17 @@ int main(int argc, char **argv) {
     if (opt.window <= 0) opt.window = 4 * opt.chunk;
     if (opt.size < HEADER_LEN + 2 || opt.size > 8192 || opt.chunk < 1 || opt.chunk > (1 << 22) ||
         opt.window < opt.chunk || opt.duration <= 0 || opt.duration > 3600 || opt.warmup < 0 ||
-        opt.warmup > 600 || opt.conns > 10000 || opt.depth > 100000) {
+        opt.warmup > 600 || opt.conns > 10000 || opt.depth > 100000 || opt.silent < 0 || opt.silent > 10000 ||
+        ((opt.tls || opt.silent) && (opt.mode == M_UDP || opt.mode == M_BULK))) {
         usage();
         return 2;
+    }
+    if (opt.tls) {
+        char why[200];
+        if (tls_client_init(why, sizeof why) < 0) {
+            fprintf(stderr, "loadgen: TLS: %s\n", why);
+            return 2;
+        }
     }
     if (opt.cpu >= 0) {
         cpu_set_t set;

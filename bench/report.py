@@ -7,7 +7,10 @@ from typing import Any, Iterable
 from .runner import BUSY_CPUS
 
 METRICS = ("rate", "p50_us", "p99_us", "rss_kb", "shutdown_ms")
-NOTE_COUNTERS = ("errors", "mismatches", "lost", "late", "server_errors", "closed_by_server")
+NOTE_COUNTERS = ("errors", "mismatches", "lost", "late", "server_errors", "closed_by_server", "silent_closed")
+# A ratio to a reference that served nothing (the stdlib with silent TLS
+# clients): shown as such, and stored as None with this flag beside it.
+ZERO_BASE = "{key}_base_zero"
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -40,6 +43,17 @@ def add_ratios(rows: dict[str, dict[str, Any]]) -> None:
         for key, ref in (("vs_stdlib", "stdlib"), ("vs_c_reference", "c-reference")):
             base = median_rate(ref)
             row[key] = mine / base if mine is not None and base else None
+            if base == 0 and mine:
+                row[ZERO_BASE.format(key=key)] = ref
+
+
+def tls_agreed(rows: dict[str, dict[str, Any]]) -> str:
+    """The protocol and cipher the load generator's handshakes agreed, or ""."""
+    for row in rows.values():
+        for run in row.get("runs", []):
+            if run.get("tls_version"):
+                return f"{run['tls_version']} {run.get('tls_cipher', '')}".strip()
+    return ""
 
 
 def _num(value: float, unit: str) -> str:
@@ -64,7 +78,11 @@ def _shutdown(metric: dict[str, float] | None) -> str:
     return f"{metric['median']:.2f} (max {metric['max']:.2f})"
 
 
-def _ratio(value: float | None) -> str:
+def _ratio(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    zero_base = row.get(ZERO_BASE.format(key=key))
+    if zero_base:
+        return f"inf ({zero_base} 0)"
     return "-" if value is None else f"{value:.2f}x"
 
 
@@ -78,6 +96,13 @@ def _notes(row: dict[str, Any]) -> str:
     silent = [r["invalid_reason"] for r in runs if r.get("invalid_reason")]
     if silent:
         notes.insert(0, f"INVALID ({silent[0]})")
+    expected_zero = [r["expected_zero"] for r in runs if r.get("expected_zero")]
+    if expected_zero:
+        notes.insert(0, f"0 replies in {len(expected_zero)} of {len(runs)} rep(s), {expected_zero[0]}")
+    short = [r for r in runs if r.get("silent_open_at_start", 0) < r.get("silent", 0)]
+    if short:
+        worst = min(r["silent_open_at_start"] for r in short)
+        notes.append(f"only {worst} of {short[0]['silent']} silent clients connected in {len(short)} rep(s)")
     if any(r.get("mismatches") for r in runs):
         notes.insert(0, "INVALID (mismatch)")
     if any(r.get("verified") is False for r in runs):
@@ -111,7 +136,7 @@ def table_cells(workload: dict[str, Any], reps: int) -> tuple[list[str], list[li
         s = row.get("summary", {})
         rss = s.get("rss_kb")
         rss_mib = {k: v / 1024 for k, v in rss.items()} if rss else None
-        cells = [impl, _spread(s.get("rate"), unit, reps), _ratio(row.get("vs_stdlib")), _ratio(row.get("vs_c_reference"))]
+        cells = [impl, _spread(s.get("rate"), unit, reps), _ratio(row, "vs_stdlib"), _ratio(row, "vs_c_reference")]
         if latency:
             cells += [_spread(s.get("p50_us"), reps=reps), _spread(s.get("p99_us"), reps=reps)]
         cells += [f"{rss_mib['median']:.1f}" if rss_mib else "-", _shutdown(s.get("shutdown_ms")), _notes(row)]
@@ -144,7 +169,8 @@ def render_markdown(header: list[str], body: list[list[str]]) -> str:
 
 def workload_title(workload: dict[str, Any], reps: int) -> str:
     what = f"median of {reps}, (min-max)" if reps > 1 else "1 repetition"
-    return f"{workload['name']}: {workload['description']}  [{what}]"
+    agreed = f" ({workload['tls_agreed']})" if workload.get("tls_agreed") else ""
+    return f"{workload['name']}: {workload['description']}{agreed}  [{what}]"
 
 
 def machine_lines(doc: dict[str, Any]) -> list[str]:

@@ -2,7 +2,10 @@
 
 Protocol with the parent (bench.runner): a first line on stdout, either
 ``READY <backend> <family> <address...>`` once the socket is listening, or
-``UNAVAILABLE <reason>`` (exit status 3).  SIGTERM shuts the server down
+``UNAVAILABLE <reason>`` (exit status 3).  With ``--tls wrap`` the server
+wraps its listening socket, the stdlib's idiom, on every impl; with ``--tls
+context`` fastserver's server class gets ``ssl_context`` (the stdlib, which
+has no such attribute, wraps).  SIGTERM shuts the server down
 through ``server.shutdown()``, prints ``SHUTDOWN <ms>`` (how long that call
 took to return), writes the profile if one was asked for and exits 0.
 """
@@ -14,6 +17,7 @@ import importlib
 import os
 import random
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -75,7 +79,7 @@ def import_object(spec: str) -> Any:
     return obj
 
 
-def bench_server_class(base: type, family: str) -> type:
+def bench_server_class(base: type, family: str, ssl_context: ssl.SSLContext | None = None) -> type:
     attrs: dict[str, Any] = {
         # The stdlib's backlog of 5 would make 100 simultaneous connects wait
         # for SYN retransmits; every impl gets the same larger backlog.
@@ -84,10 +88,14 @@ def bench_server_class(base: type, family: str) -> type:
     if family == "tcp":
         # Not for UDP: there SO_REUSEADDR lets two processes share a port.
         attrs["allow_reuse_address"] = True
+    if ssl_context is not None:
+        attrs["ssl_context"] = ssl_context
     return type(f"Bench{base.__name__}", (base,), attrs)
 
 
-def server_factory(module: types.ModuleType, spec: str, family: str) -> Callable[..., Any]:
+def server_factory(
+    module: types.ModuleType, spec: str, family: str, ssl_context: ssl.SSLContext | None = None
+) -> Callable[..., Any]:
     """What builds the server: a class of ``module`` by name, or ``module:name``.
 
     A ``module:name`` is imported only now, after the socketserver swap, so
@@ -98,7 +106,24 @@ def server_factory(module: types.ModuleType, spec: str, family: str) -> Callable
     obj = import_object(spec) if ":" in spec else getattr(module, spec, None)
     if obj is None:
         raise SystemExit(f"server_runner: {module.__name__} has no class {spec!r}")
-    return bench_server_class(obj, family) if isinstance(obj, type) else obj
+    if isinstance(obj, type):
+        return bench_server_class(obj, family, ssl_context)
+    if ssl_context is not None:
+        raise SystemExit(f"server_runner: --tls context needs a server class, and {spec!r} is a factory")
+    return obj
+
+
+def tls_server_context(args: argparse.Namespace) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.certfile, args.keyfile)
+    return context
+
+
+def has_ssl_context(module: types.ModuleType) -> bool:
+    """Whether this fastserver's stream servers take ``ssl_context`` (before
+    its TLS core, the attribute would be ignored and the server speak plain
+    TCP to TLS clients)."""
+    return hasattr(module.TCPServer, "ssl_context")
 
 
 def make_server(cls: Callable[..., Any], handler: Any, args: argparse.Namespace) -> tuple[Any, str]:
@@ -190,7 +215,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu", type=int, help="pin the whole process (all its threads) to this CPU")
     p.add_argument("--profile", help="write cProfile stats here on shutdown")
     p.add_argument("--poll-interval", type=float, default=0.1)
-    return p.parse_args(argv)
+    p.add_argument("--tls", choices=("wrap", "context"), help="serve TLS: wrap the listening socket, or ssl_context")
+    p.add_argument("--certfile", help="with --tls: the server certificate (PEM)")
+    p.add_argument("--keyfile", help="with --tls: its private key (PEM)")
+    args = p.parse_args(argv)
+    if args.tls and not (args.certfile and args.keyfile):
+        p.error("--tls needs --certfile and --keyfile")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,7 +231,16 @@ def main(argv: list[str] | None = None) -> None:
         os.sched_setaffinity(0, {args.cpu})
     module, backend = load_socketserver(args.impl)
     handler = import_object(args.handler)
-    server, where = make_server(server_factory(module, args.server, args.family), handler, args)
+    context = tls_server_context(args) if args.tls else None
+    wrap = args.tls == "wrap" or (args.tls == "context" and args.impl == "stdlib")
+    if args.tls == "context" and not wrap and not has_ssl_context(module):
+        raise SystemExit(f"server_runner: this fastserver ({module.__file__}) has no ssl_context: no TLS core yet")
+    factory = server_factory(module, args.server, args.family, None if wrap else context)
+    server, where = make_server(factory, handler, args)
+    if wrap:
+        assert context is not None
+        # The stdlib's TLS idiom, as http.server's and werkzeug's HTTPS do it.
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     if not isinstance(server, module.BaseServer):
         # A module that imported socketserver before the swap would measure the stdlib under our name.
         raise SystemExit(

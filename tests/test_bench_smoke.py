@@ -1,15 +1,17 @@
 """Smoke tests for bench/: every workload runs briefly against every impl and
 every reply checks out.  They never assert anything about speed.
 
-They need a C compiler (the bench builds its load generator): without one
-they skip, naming the package, or fail under FASTSERVER_REQUIRE_EXTERNALS=1
-(see tests/externals.py).
+They need a C compiler and OpenSSL's headers (the bench builds its load
+generator, which links OpenSSL), and the openssl command (the TLS workloads'
+certificate): without them they skip, naming the package, or fail under
+FASTSERVER_REQUIRE_EXTERNALS=1 (see tests/externals.py).
 """
 from __future__ import annotations
 
 import json
 import os
 import pstats
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from externals import require_c_compiler
+from externals import missing, require_c_compiler, require_openssl
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = (
@@ -32,10 +34,42 @@ WORKLOADS = (
     "bulk",
     "http-keepalive",
     "http-keepalive-1",
+    "tls-pingpong",
+    "tls-perconn",
 )
-LATENCY_WORKLOADS = {"pingpong", "perconn", "udp", "udp-threading", "unix", "http-keepalive", "http-keepalive-1"}
+LATENCY_WORKLOADS = {
+    "pingpong",
+    "perconn",
+    "udp",
+    "udp-threading",
+    "unix",
+    "http-keepalive",
+    "http-keepalive-1",
+    "tls-pingpong",
+    "tls-perconn",
+    "tls-pingpong-ctx",
+    "tls-perconn-ctx",
+}
+TLS_WORKLOADS = {"tls-pingpong", "tls-perconn", "tls-pingpong-ctx", "tls-perconn-ctx"}
+# Workloads with 40 silent clients, where the stdlib (its accept() stuck in
+# a silent client's handshake) serves nobody: a measured 0, not INVALID.
+STDLIB_STARVES = {"tls-perconn", "tls-perconn-ctx"}
+SILENT_CLIENTS = 40
 IMPLS = ("cython", "pure", "stdlib", "c-reference")
 TIMEOUT = 600
+
+
+def require_bench_toolchain() -> None:
+    """What building and running the bench needs: a C compiler, OpenSSL's
+    headers (the load generator links OpenSSL) and the openssl command."""
+    require_c_compiler()
+    cc = shlex.split(os.environ.get("CC", "cc")) or ["cc"]
+    probe = subprocess.run(
+        cc + ["-E", "-x", "c", "-o", os.devnull, "-"], input="#include <openssl/ssl.h>\n", capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        missing("OpenSSL's headers (<openssl/ssl.h>)", "libssl-dev")
+    require_openssl()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -85,10 +119,48 @@ def check_run(workload: str, impl: str, run: dict[str, Any]) -> None:
         assert 0 <= run["p50_us"] <= run["p99_us"], where
     else:
         assert run["p50_us"] is None and run["p99_us"] is None, where
+    check_tls(workload, run)
+
+
+def check_tls(workload: str, run: dict[str, Any]) -> None:
+    tls = workload in TLS_WORKLOADS
+    assert run["tls"] is tls, workload
+    if tls and run["count"]:
+        assert run["tls_version"].startswith("TLSv1."), run["tls_version"]
+    if workload in STDLIB_STARVES:
+        assert run["silent"] == SILENT_CLIENTS == run["silent_open_at_start"], workload
+        # fastserver must not close a silent client within a short run (its
+        # handshake deadline is 10 s); the stdlib never even accepts them all.
+        assert run["silent_closed"] == 0, workload
+
+
+def check_starved_stdlib(workload: str, row: dict[str, Any]) -> None:
+    """The stdlib with silent TLS clients: a rate of 0, reported as such."""
+    run = row["runs"][0]
+    assert row["status"] == "ok" and run["count"] == 0 and run["valid"] is True, row
+    assert "invalid_reason" not in run and "stdlib's accept() blocks" in run["expected_zero"], run
+    assert run["errors"] == 0 and run["server_errors"] == 0, run
+    assert run["server_exit"] == "clean", f"{workload}: {run['server_exit']}"
+    assert row["summary"]["rate"]["median"] == 0
+    check_tls(workload, run)
+
+
+def check_tls_rows(name: str, workload: dict[str, Any], stdout: str) -> None:
+    """What the TLS workloads add to a row's checks: no c-reference, and
+    where the stdlib serves nobody, fastserver's ratio says so."""
+    c_ref = workload["rows"].get("c-reference")
+    if c_ref is not None:
+        assert c_ref["status"] == "unavailable" and "speaks no TLS" in c_ref["reason"], c_ref
+    if name in STDLIB_STARVES:
+        for impl in ("cython", "pure"):
+            row = workload["rows"].get(impl)
+            if row and row["status"] == "ok":
+                assert row["vs_stdlib"] is None and row["vs_stdlib_base_zero"] == "stdlib", row
+        assert "inf (stdlib 0)" in stdout
 
 
 def test_quick_bench_every_workload_and_impl(tmp_path: Path) -> None:
-    require_c_compiler()
+    require_bench_toolchain()
     cython = fastserver_backend() == "cython"
     proc, doc = run_bench(
         ["--quick", "--duration", "1", "--reps", "1", "--impl", ",".join(IMPLS)], tmp_path / "bench.json"
@@ -99,9 +171,16 @@ def test_quick_bench_every_workload_and_impl(tmp_path: Path) -> None:
     for name, workload in doc["workloads"].items():
         assert name in proc.stdout
         assert list(workload["rows"]) == list(IMPLS), name
+        if name in TLS_WORKLOADS:
+            check_tls_rows(name, workload, proc.stdout)
         for impl, row in workload["rows"].items():
             if impl == "cython" and not cython:
                 assert row["status"] == "unavailable" and row["reason"], row
+                continue
+            if impl == "c-reference" and name in TLS_WORKLOADS:
+                continue
+            if impl == "stdlib" and name in STDLIB_STARVES:
+                check_starved_stdlib(name, row)
                 continue
             assert row["status"] == "ok", f"{name}/{impl}: {row.get('failures') or row.get('reason')}"
             assert row["failures"] == [] and len(row["runs"]) == 1, f"{name}/{impl}: {row['failures']}"
@@ -120,7 +199,7 @@ def write_module(directory: Path, name: str, source: str) -> None:
 
 
 def test_user_handler_is_profiled_per_impl(tmp_path: Path) -> None:
-    require_c_compiler()
+    require_bench_toolchain()
     write_module(
         tmp_path,
         "smoke_user_handlers",
@@ -186,7 +265,7 @@ CORRUPTING_HANDLERS = {
 
 @pytest.mark.parametrize("workload", sorted(CORRUPTING_HANDLERS))
 def test_corrupted_reply_marks_the_run_invalid(tmp_path: Path, workload: str) -> None:
-    require_c_compiler()
+    require_bench_toolchain()
     write_module(tmp_path, "smoke_bad_handlers", CORRUPTING_HANDLERS[workload])
     proc, doc = run_bench(
         ["--handler", "smoke_bad_handlers:Corrupting", "--verify-echo", "--workload", workload, "--impl", "stdlib"]
@@ -203,7 +282,7 @@ def test_corrupted_reply_marks_the_run_invalid(tmp_path: Path, workload: str) ->
 def test_run_without_replies_is_invalid(tmp_path: Path) -> None:
     """A handler that reads but never answers: the run has a rate of 0,
     which must void it (and the command), not count as a slow result."""
-    require_c_compiler()
+    require_bench_toolchain()
     write_module(
         tmp_path,
         "smoke_silent_handlers",
@@ -229,3 +308,49 @@ def test_run_without_replies_is_invalid(tmp_path: Path) -> None:
     assert doc["invalid"] == ["pingpong/stdlib"] and doc["mismatches"] == 0
     assert "INVALID (no replies in the 0.3 s" in proc.stdout
     assert "pingpong/stdlib" in proc.stderr
+
+
+def test_tls_workloads_with_ssl_context(tmp_path: Path, impl: Any) -> None:
+    """fastserver's ssl_context variants, beside the stdlib's wrapped
+    listener, on each backend (the conftest's ``impl``; the bench calls the
+    python backend ``pure``): every TLS reply checks out, and with silent
+    clients the stdlib serves nobody while fastserver serves."""
+    require_bench_toolchain()
+    backend = {"cython": "cython", "python": "pure"}[impl.name]
+    workloads = ("tls-pingpong-ctx", "tls-perconn-ctx")
+    proc, doc = run_bench(
+        ["--workload", ",".join(workloads), "--impl", f"{backend},stdlib"]
+        + ["--duration", "0.5", "--warmup", "0.3", "--reps", "1"],
+        tmp_path / "bench.json",
+    )
+    assert list(doc["workloads"]) == list(workloads)
+    for name, workload in doc["workloads"].items():
+        assert name in proc.stdout
+        check_tls_rows(name, workload, proc.stdout)
+        row = workload["rows"][backend]
+        assert row["status"] == "ok" and row["failures"] == [], f"{name}/{backend}: {row['failures']}"
+        check_run(name, backend, row["runs"][0])
+        if name in STDLIB_STARVES:
+            check_starved_stdlib(name, workload["rows"]["stdlib"])
+        else:
+            check_run(name, "stdlib", workload["rows"]["stdlib"]["runs"][0])
+    assert doc["mismatches"] == 0 and doc["failed"] == [] and doc["invalid"] == []
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_missing_openssl_headers_name_the_package(tmp_path: Path) -> None:
+    """A compiler that cannot find <openssl/ssl.h> (here: one pointed at an
+    empty system root) stops the bench before any run, naming libssl-dev."""
+    require_c_compiler()
+    cc = os.environ.get("CC", "cc")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--workload", "tls-pingpong", "--reps", "1", "--duration", "0.2"],
+        cwd=REPO,
+        env=clean_env(CC=f"{cc} --sysroot={tmp_path}"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 2, f"{proc.stdout}\n{proc.stderr}"
+    assert "libssl-dev" in proc.stderr and "tls-pingpong" in proc.stderr, proc.stderr
+    assert "== tls-pingpong" not in proc.stdout
