@@ -17,7 +17,6 @@ must be invisible:
 from __future__ import annotations
 
 import abc
-import array
 import copy
 import functools
 import io
@@ -35,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import HOST, Impl, serving
+from test_core_writer_differential import as_kind
 from core_modules import core  # noqa: F401 - the fixture
 
 from fastserver import _contract
@@ -86,12 +86,8 @@ plain_operations = st.one_of(
 
 
 def _as_kind(data: bytes, kind: str) -> Any:
-    if kind == "bytearray":
-        return bytearray(data)
-    if kind == "memoryview":
-        return memoryview(data)
-    if kind == "array":
-        return array.array("B", data)
+    if kind in ("bytearray", "memoryview", "array"):
+        return as_kind(data, kind)
     if kind == "strided":
         return memoryview(data + data)[::2]
     if kind == "str":

@@ -17,7 +17,7 @@ from typing import Any, Iterator, List, Tuple
 
 import pytest
 
-from conftest import HOST, Impl, serving, server_address
+from conftest import HOST, Impl, recv_until, serving, server_address
 from tlscerts import CertFiles, client_context, make_ca, make_cert, server_context
 
 SILENT_CLIENTS = 40
@@ -79,16 +79,9 @@ def tls_request(server: Any, ca: CertFiles, line: bytes = b"hello\n",
     raw = socket.socket(server.address_family, socket.SOCK_STREAM)
     raw.settimeout(timeout)
     raw.connect(server.server_address)
-    hostname = "localhost" if server.address_family != socket.AF_UNIX else "localhost"
-    with context.wrap_socket(raw, server_hostname=hostname) as conn:
+    with context.wrap_socket(raw, server_hostname="localhost") as conn:
         conn.sendall(line)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        return data
+        return recv_until(conn)
 
 
 def silent_clients(server: Any, stack: ExitStack, count: int = SILENT_CLIENTS) -> List[socket.socket]:
