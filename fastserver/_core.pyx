@@ -16,6 +16,7 @@ The source is split by concern:
 - ``_cy/accept.pxi``: accept().
 - ``_cy/datagram.pxi``: DatagramReceiver, sendto().
 - ``_cy/writer.pxi``: SocketWriter, CoalescingWriter.
+- ``_cy/fresh_bytes.pxi``: bytes objects filled in place (large reads).
 - ``_cy/stream.pxi``: the rfile (StreamReader) and open_stream().
 """
 
@@ -54,6 +55,7 @@ include "_cy/loop.pxi"
 include "_cy/accept.pxi"
 include "_cy/datagram.pxi"
 include "_cy/writer.pxi"
+include "_cy/fresh_bytes.pxi"
 include "_cy/stream.pxi"
 
 # The pure writers and rfile are io.BufferedIOBase subclasses; so are ours.
