@@ -136,10 +136,10 @@ def test_large_reads_match_buffered_reader(core: Any, coalesce_limit: int, seed:
 @pytest.mark.parametrize("core,coalesce_limit", READERS)
 @pytest.mark.parametrize("call", ["read1", "read", "readinto", "read_all"])
 def test_large_read_of_a_trickle(core: Any, coalesce_limit: int, call: str) -> None:
-    """A 64 KiB read while the data arrives in small pieces: read1() and
-    readinto1-like calls return what one recv() brought, shrunk from the
-    64 KiB result; read() and readinto() keep receiving until they have it
-    all. Same bytes in the end, whatever the chunking."""
+    """64 KiB reads while the data arrives in 1000-byte pieces: read1()
+    returns what one recv() brought, its 64 KiB result shrunk in place;
+    read(), readinto() and read() to EOF keep receiving until they have it
+    all. The same bytes in the end, whatever the chunking."""
     payload = make_payload(7, 300_000)
     a, b = socket.socketpair()
     with a, b:
@@ -169,6 +169,7 @@ def test_large_read_of_a_trickle(core: Any, coalesce_limit: int, call: str) -> N
         finally:
             feeder.join(10)
             rfile.close()
+            wfile.close()
     assert b"".join(got) == payload
 
 
