@@ -204,7 +204,10 @@ cdef class StreamReader:
     # Call order: public method -> (fast path: buffered data only, no lock,
     # no Python calls but the result bytes) -> _enter() -> _read_generic /
     # _read_all / _readline_slow / _readinto -> _fill_buffer() or
-    # _raw_read() directly into the caller's memory -> _leave().
+    # _raw_read() directly into the caller's memory -> _leave(). Reads larger
+    # than the buffer (read(n) in whole blocks, read1(n), readinto(), read())
+    # go straight into the result or the caller's buffer: a result made for
+    # it (fresh_bytes.pxi) is shrunk in place to what came, never sliced.
     # _raw_read == SocketIO.readinto: flush the paired CoalescingWriter, refuse
     # after a timeout ("cannot read from timed out object"), then one
     # _sock_recv() (poll+recv under one GIL release, EINTR per PEP 475),
@@ -234,6 +237,8 @@ cdef class StreamReader:
     cdef Py_ssize_t _raw_read(self, char *start, Py_ssize_t length) except -1
     cdef Py_ssize_t _fill_buffer(self) except -1
     cdef object _read_generic(self, Py_ssize_t n)
+    cdef Py_ssize_t _read_generic_into(self, char *out, Py_ssize_t n,
+                                       Py_ssize_t current) except -1
     cdef object _read_all(self)
     cdef object _readline(self, Py_ssize_t limit)
     cdef object _readline_slow(self, Py_ssize_t limit)

@@ -17,6 +17,7 @@ The source is split by concern:
 - ``_cy/datagram.pxi``: DatagramReceiver, sendto(), handle_datagram().
 - ``_cy/dgram_files.pxi``: DatagramFile, a datagram handler's rfile and wfile.
 - ``_cy/writer.pxi``: SocketWriter, CoalescingWriter.
+- ``_cy/fresh_bytes.pxi``: bytes objects filled in place (large reads).
 - ``_cy/stream.pxi``: the rfile (StreamReader) and open_stream().
 """
 
@@ -56,6 +57,7 @@ include "_cy/accept.pxi"
 include "_cy/dgram_files.pxi"
 include "_cy/datagram.pxi"
 include "_cy/writer.pxi"
+include "_cy/fresh_bytes.pxi"
 include "_cy/stream.pxi"
 
 # The pure writers and rfile are io.BufferedIOBase subclasses; so are ours.

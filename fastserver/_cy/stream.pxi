@@ -140,14 +140,27 @@ cdef class StreamReader:
     cdef object _read_generic(self, Py_ssize_t n):
         # _bufferedreader_read_generic
         cdef Py_ssize_t current = self._readahead()
-        cdef Py_ssize_t remaining = n, written = 0, r
-        cdef char *out
+        cdef PyObject *res
         if n <= current:
-            res = PyBytes_FromStringAndSize(self._buffer + self._pos, n)
+            res_bytes = PyBytes_FromStringAndSize(self._buffer + self._pos, n)
             self._pos += n
-            return res
-        res = PyBytes_FromStringAndSize(NULL, n)
-        out = PyBytes_AS_STRING(res)
+            return res_bytes
+        res = _fresh_bytes(n)
+        try:
+            n = self._read_generic_into(_fresh_data(res), n, current)
+        except BaseException:
+            _fresh_drop(res)
+            raise
+        if n == _WOULD_BLOCK:
+            _fresh_drop(res)
+            return None
+        return _fresh_finish(res, n)
+
+    cdef Py_ssize_t _read_generic_into(self, char *out, Py_ssize_t n,
+                                       Py_ssize_t current) except -1:
+        """The bytes _read_generic() returns, written to out: their number,
+        or _WOULD_BLOCK for None."""
+        cdef Py_ssize_t remaining = n, written = 0, r
         if current > 0:
             memcpy(out, self._buffer + self._pos, <size_t>current)
             remaining -= current
@@ -162,8 +175,8 @@ cdef class StreamReader:
             r = self._raw_read(out + written, r)
             if r == 0 or r == _WOULD_BLOCK:
                 if r == 0 or written > 0:
-                    return res[:written]
-                return None
+                    return written
+                return _WOULD_BLOCK
             remaining -= r
             written += r
         self._pos = 0
@@ -172,8 +185,8 @@ cdef class StreamReader:
             r = self._fill_buffer()
             if r == 0 or r == _WOULD_BLOCK:
                 if r == 0 or written > 0:
-                    return res[:written]
-                return None
+                    return written
+                return _WOULD_BLOCK
             if remaining > r:
                 memcpy(out + written, self._buffer + self._pos, <size_t>r)
                 written += r
@@ -184,16 +197,14 @@ cdef class StreamReader:
                 written += remaining
                 self._pos += remaining
                 remaining = 0
-        if written != n:
-            return res[:written]
-        return res
+        return written
 
     cdef object _read_all(self):
-        # _bufferedreader_read_all over RawIOBase.readall()
+        # _bufferedreader_read_all over RawIOBase.readall(); the chunks
+        # land in the result itself, grown as needed.
         cdef Py_ssize_t current = self._readahead()
         cdef Py_ssize_t total = 0, cap = 0, r
-        cdef char *acc = NULL
-        cdef char *grown
+        cdef PyObject *acc = NULL
         data = None
         if current:
             data = PyBytes_FromStringAndSize(self._buffer + self._pos, current)
@@ -203,23 +214,19 @@ cdef class StreamReader:
             while True:
                 if cap - total < _READALL_CHUNK:
                     cap = max(2 * cap, total + _READALL_CHUNK)
-                    grown = <char *>PyMem_Realloc(acc, <size_t>cap)
-                    if grown == NULL:
-                        raise MemoryError()
-                    acc = grown
-                r = self._raw_read(acc + total, _READALL_CHUNK)
-                if r == _WOULD_BLOCK:
-                    if total == 0:
-                        tail = None
-                        break
-                    tail = PyBytes_FromStringAndSize(acc, total)
-                    break
-                if r == 0:
-                    tail = PyBytes_FromStringAndSize(acc, total)
+                    _fresh_grow(&acc, cap)
+                r = self._raw_read(_fresh_data(acc) + total, _READALL_CHUNK)
+                if r == 0 or r == _WOULD_BLOCK:
                     break
                 total += r
-        finally:
-            PyMem_Free(acc)
+        except BaseException:
+            _fresh_drop(acc)
+            raise
+        if r == _WOULD_BLOCK and total == 0:
+            _fresh_drop(acc)
+            tail = None
+        else:
+            tail = _fresh_finish(acc, total)
         if current == 0:
             return tail
         if tail is not None:
@@ -228,7 +235,7 @@ cdef class StreamReader:
 
     def read1(self, Py_ssize_t size=-1):
         cdef Py_ssize_t n = size, have, r
-        cdef char *dst
+        cdef PyObject *res
         if n < 0:
             n = self._buffer_size
         if self._closed:
@@ -238,9 +245,9 @@ cdef class StreamReader:
         have = self._readahead()
         if have > 0:
             n = min(have, n)
-            res = PyBytes_FromStringAndSize(self._buffer + self._pos, n)
+            buffered = PyBytes_FromStringAndSize(self._buffer + self._pos, n)
             self._pos += n
-            return res
+            return buffered
         self._enter()
         try:
             self._read_end = -1
@@ -250,11 +257,16 @@ cdef class StreamReader:
                 if r == _WOULD_BLOCK:
                     r = 0
                 return PyBytes_FromStringAndSize(self._buffer, r)
-            res = PyBytes_FromStringAndSize(NULL, n)
-            r = self._raw_read(PyBytes_AS_STRING(res), n)
+            # Larger than the buffer: straight into the result.
+            res = _fresh_bytes(n)
+            try:
+                r = self._raw_read(_fresh_data(res), n)
+            except BaseException:
+                _fresh_drop(res)
+                raise
             if r == _WOULD_BLOCK:
                 r = 0
-            return res if r == n else res[:r]
+            return _fresh_finish(res, r)
         finally:
             self._leave()
 
