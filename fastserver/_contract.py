@@ -144,9 +144,8 @@ class Server(Protocol):
     """What a ServeLoop calls on its server (BaseServer provides it)."""
 
     _fs_buffered: Optional["DatagramReceiver"]
-    _fs_lobby: Optional["Lobby"]
-
     def fileno(self) -> int: ...
+    def _fs_open_lobby(self) -> Optional["Lobby"]: ...
     def _handle_request_noblock(self) -> None: ...
     def service_actions(self) -> None: ...
 
@@ -173,10 +172,11 @@ class ServeLoop(Protocol):
     overridable methods: fileno(), _handle_request_noblock() and
     service_actions(). A server's ``_fs_buffered`` attribute, when not None,
     is a DatagramReceiver whose ``pending`` requests are served without
-    waiting. A server's ``_fs_lobby``, read once as serve_forever()
-    starts, when not None is a Lobby: its descriptor is polled with the
-    listener, the poll's timeout is cut by its timeout_ms(), and its
-    service() runs after every poll (fastserver.lobby).
+    waiting. serve_forever() calls the server's ``_fs_open_lobby()`` once,
+    after it has taken the listening descriptor. A Lobby it returns has
+    its descriptor polled with the listener, cuts the poll's timeout with
+    its timeout_ms(), and has its service() run after every poll
+    (fastserver.lobby).
 
     The loop takes server.fileno() before anything else: a socket closed
     before serve_forever() or handle_request() raises ValueError, as

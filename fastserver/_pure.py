@@ -86,7 +86,7 @@ class ServeLoop:
         poller.register(rfd, select.POLLIN)
         poller.register(fd, _POLLIN)
         # The connections waiting for their first bytes (fastserver.lobby).
-        lobby = server._fs_lobby
+        lobby = server._fs_open_lobby()
         lobby_fd = -2
         if lobby is not None:
             lobby_fd = lobby.fileno()

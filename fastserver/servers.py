@@ -139,8 +139,10 @@ class BaseServer:
         service_actions() runs at least once every poll_interval seconds.
         shutdown() stops the loop at once. Ignores self.timeout.
         """
-        self._fs_lobby = self._fs_open_lobby()
         try:
+            # The loop takes the listening descriptor first, then asks for
+            # the lobby (_fs_open_lobby), so that a server_close() racing
+            # this call is told apart as socketserver's would be.
             self._fs_loop.serve_forever(self, poll_interval)
         finally:
             lobby, self._fs_lobby = self._fs_lobby, None
@@ -151,15 +153,19 @@ class BaseServer:
                 lobby.close()
 
     def _fs_open_lobby(self) -> Optional[Lobby]:
-        """A lobby for serve_forever(), if a preamble step waits for the
-        client's first bytes."""
+        """Called by the serve loop as it starts: the lobby for this run
+        (also set as _fs_lobby), if a preamble step waits for the client's
+        first bytes."""
+        self._fs_lobby = None
         if not self._fs_has_steps:
             return None
         steps = self.preamble_steps()
         for step in steps:
             if step.waits_for_first_bytes:
-                return Lobby(self, step, preamble.budget(steps), self.lobby_limit)
-        return None
+                self._fs_lobby = Lobby(self, step, preamble.budget(steps),
+                                       self.lobby_limit)
+                break
+        return self._fs_lobby
 
     def shutdown(self) -> None:
         """Stops the serve_forever loop.
@@ -509,6 +515,7 @@ class UDPServer(TCPServer):
 
     def _fs_open_lobby(self) -> Optional[Lobby]:
         _refuse_tls(self)   # an ssl_context set after construction
+        self._fs_lobby = None
         return None
 
     # Nothing to shut down: the socket is the server's; only close.

@@ -42,7 +42,9 @@ class LoopServer:
     listening socket: each request is accepted and closed."""
 
     _fs_buffered = None
-    _fs_lobby = None
+
+    def _fs_open_lobby(self) -> None:
+        return None
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))

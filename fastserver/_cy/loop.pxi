@@ -48,7 +48,7 @@ cdef class ServeLoop:
             fds[1].events = _POLL_READ
             # The connections waiting for their first bytes (fastserver.lobby):
             # one more descriptor, set for the whole run.
-            lobby = server._fs_lobby
+            lobby = server._fs_open_lobby()
             nfds = 2
             if lobby is not None:
                 fds[2].fd = lobby.fileno()
