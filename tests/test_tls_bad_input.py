@@ -193,7 +193,9 @@ def test_ten_thousand_failed_handshakes_leak_nothing(impl: Impl, pki: Any) -> No
         fds, threads = _open_fds(), threading.active_count()
         fail(10_000)
         assert tls_request(server, ca).endswith(b" hello\n")
-        # Each failure's descriptor is closed before its client sees EOF.
+        # A client sees EOF at shutdown(SHUT_WR), just before its handler
+        # thread closes the descriptor: wait until every thread is idle.
+        assert server._threads.wait_idle(PATIENCE)
         assert _open_fds() <= fds
         # Idle handler threads are kept for reuse (thread_idle_timeout): a
         # few, as many as were ever busy at once; a thread per failure
