@@ -16,7 +16,6 @@ read1() results can be compared exactly.
 
 from __future__ import annotations
 
-import array
 import io
 import random
 import socket
@@ -29,7 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Impl
-from core_modules import cython, pure
+from test_core_reader_differential import READERS
+from test_core_writer_differential import as_kind as writer_kind
 
 BUF = io.DEFAULT_BUFFER_SIZE
 STALL_TIMEOUT = 0.02   # the reader's socket timeout when no EOF follows
@@ -104,13 +104,7 @@ def run(open_rfile: Any, payload: bytes, eof: bool,
     return log
 
 
-# Each core's own reader: the Cython StreamReader, plain and paired with a
-# coalescing writer, and the pure core's reader paired with one (its plain
-# rfile is sock.makefile('rb') itself, the reference).
-READERS = [pytest.param(pure, 64, id="python-coalescing")]
-if cython is not None:
-    READERS[:0] = [pytest.param(cython, 0, id="cython"),
-                   pytest.param(cython, 64, id="cython-coalescing")]
+# Each core's own reader (see test_core_reader_differential).
 
 
 @pytest.mark.parametrize("core,coalesce_limit", READERS)
@@ -180,12 +174,8 @@ kinds = st.sampled_from(["bytes", "bytearray", "memoryview", "array", "slice"])
 
 
 def as_kind(data: bytes, kind: str) -> Any:
-    if kind == "bytearray":
-        return bytearray(data)
-    if kind == "memoryview":
-        return memoryview(data)
-    if kind == "array":
-        return array.array("B", data)
+    if kind in ("bytearray", "memoryview", "array"):
+        return writer_kind(data, kind)
     if kind == "slice":   # a window into a larger object
         return memoryview(b"<" + data + b">")[1:-1]
     return data
