@@ -79,7 +79,7 @@ from weakref import WeakKeyDictionary
 
 __all__ = [
     "ConnectionState", "PreambleStep", "PreambleFailed", "PreambleTimeout",
-    "apply_to", "current", "run", "wait_readable", "remaining_ms",
+    "apply_to", "current", "run", "wait_for", "wait_readable", "remaining_ms",
 ]
 
 log = logging.getLogger("fastserver.preamble")
@@ -251,13 +251,18 @@ def remaining_ms(deadline: Optional[float]) -> int:
     return -1 if left is None else int(left * 1000) + 1
 
 
-def wait_readable(sock: Any, deadline: Optional[float]) -> None:
-    """Wait until sock is readable (or hung up), at most until deadline;
-    raises PreambleTimeout when it passes first."""
+def wait_for(sock: Any, events: int, deadline: Optional[float]) -> None:
+    """Wait until sock has one of the poll() events (or hung up), at most
+    until deadline; raises PreambleTimeout when it passes first."""
     poller = select.poll()
-    poller.register(sock, select.POLLIN)
+    poller.register(sock, events)
     while not poller.poll(remaining_ms(deadline)):
         pass
+
+
+def wait_readable(sock: Any, deadline: Optional[float]) -> None:
+    """wait_for(sock, POLLIN, deadline)."""
+    wait_for(sock, select.POLLIN, deadline)
 
 
 def describe(address: Any) -> str:

@@ -37,7 +37,7 @@ import socket
 import ssl
 from typing import Any, NamedTuple, Optional
 
-from .preamble import ConnectionState, PreambleStep, remaining_ms
+from .preamble import ConnectionState, PreambleStep, wait_for
 
 __all__ = ["TLSHandshake", "TLSSettings", "settings_of", "wrap_accepted",
            "DEFAULT_HANDSHAKE_TIMEOUT"]
@@ -170,22 +170,15 @@ class TLSHandshake(PreambleStep):
                     sock.do_handshake()
                     break
                 except ssl.SSLWantReadError:
-                    _wait(sock, select.POLLIN, state)
+                    wait_for(sock, select.POLLIN, state.deadline)
                 except ssl.SSLWantWriteError:
-                    _wait(sock, select.POLLOUT, state)
+                    wait_for(sock, select.POLLOUT, state.deadline)
         finally:
             try:
                 sock.settimeout(saved)
             except OSError:
                 pass
         return state
-
-
-def _wait(sock: Any, events: int, state: ConnectionState) -> None:
-    poller = select.poll()
-    poller.register(sock, events)
-    while not poller.poll(remaining_ms(state.deadline)):
-        pass
 
 
 def _set_lowat(sock: Any, size: int) -> None:
