@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import build, machine, report, tls
+from . import build, instructions, machine, report, tls
 from .runner import REPO_ROOT, Outcome, RunConfig, machine_busy_seconds, run_once
 from .workloads import (
     IMPLS,
@@ -54,7 +54,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"one of {', '.join(WORKLOADS)} (default: all of them), or {', '.join(OPTIONAL_WORKLOADS)}",
     )
     p.add_argument("--impl", action="append", metavar="NAME[,NAME]", help=f"one of {', '.join(IMPLS)}")
-    p.add_argument("--reps", type=int, help=f"repetitions per impl (default {FULL['reps']}, quick {QUICK['reps']})")
+    p.add_argument(
+        "--reps",
+        type=int,
+        help=f"repetitions per impl (default {FULL['reps']}, quick {QUICK['reps']}; 0 with --instructions: no timed runs)",
+    )
     p.add_argument("--duration", type=float, help=f"measured seconds per run (default {FULL['duration']})")
     p.add_argument("--warmup", type=float, help=f"unmeasured seconds before each run (default {FULL['warmup']})")
     p.add_argument("--json", metavar="FILE", help="write every run and summary as JSON")
@@ -73,6 +77,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="N",
         help="repeat a run up to N times while other processes used the CPUs during it",
     )
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count the server's instructions per request (perf, else valgrind): two more runs per row,"
+        " minutes under valgrind",
+    )
+    p.add_argument(
+        "--instructions-requests",
+        type=int,
+        metavar="N",
+        help="with --instructions: requests answered in the shorter counted run (the longer one answers 3 N;"
+        " bulk: 64 KiB writes); default sized per workload",
+    )
     p.add_argument("--python", default=sys.executable, help="interpreter for the Python servers (%(default)s)")
     args = p.parse_args(argv)
 
@@ -80,8 +97,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.reps < 1 or args.duration <= 0 or args.warmup < 0:
-        p.error("--reps must be >= 1, --duration > 0, --warmup >= 0")
+    if args.reps < (0 if args.instructions else 1) or args.duration <= 0 or args.warmup < 0:
+        p.error("--reps must be >= 1 (0 with --instructions: counts only), --duration > 0, --warmup >= 0")
+    if args.instructions_requests is not None and (args.instructions_requests < 1 or not args.instructions):
+        p.error("--instructions-requests takes a count >= 1, and goes with --instructions")
     impls = comma_list(args.impl) or (list(PYTHON_IMPLS) if args.handler else list(IMPLS))
     unknown = sorted(set(impls) - set(IMPLS))
     if unknown:
@@ -183,7 +202,9 @@ def run_all(args: argparse.Namespace, cfg: RunConfig) -> dict[str, Any]:
     profile_dir = Path(args.profile) if args.profile else None
     if profile_dir:
         profile_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(workloads) * args.reps * len(args.impls))
+    counter: instructions.Counter | None = args.counter
+    doc["config"]["instructions_counter"] = counter.name if counter else None
+    progress = Progress(len(workloads) * (args.reps + (counter is not None)) * len(args.impls))
     try:
         for w in workloads:
             rows = {impl: new_row(impl) for impl in args.impls}
@@ -235,6 +256,12 @@ def run_all(args: argparse.Namespace, cfg: RunConfig) -> dict[str, Any]:
                     else:
                         outcome.result["rep"] = rep
                         row["runs"].append(outcome.result)
+            if counter is not None:
+                for impl, row in rows.items():
+                    progress.show(f"{w.name} {impl}: instructions ({counter.name})")
+                    if row["status"] != "unavailable":
+                        row.update(instructions.count(w, impl, cfg, counter, args.instructions_requests))
+                    progress.skip(1)
             for impl, row in rows.items():
                 report.finish_row(row)
                 if profile_dir and profile_parts[impl]:
@@ -277,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             if any(w.tls for w in args.workloads):
                 cfg.tls_files = tls.make_certificate(Path(cert_dir))
-        except build.BuildError as exc:
+            args.counter = instructions.choose_counter() if args.instructions else None
+        except (build.BuildError, instructions.NoCounter) as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 2
         return run_and_report(args, cfg)

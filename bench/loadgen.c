@@ -71,7 +71,8 @@ static struct {
     int conns, depth, size, chunk, window;
     double duration, warmup;
     int udp_timeout_ms, any_reply, cpu, tls, silent;
-} opt = {M_PINGPONG, "127.0.0.1", 0, NULL, 0, 0, 64, 65536, 0, 2.0, 0.5, 250, 0, -1, 0, 0};
+    long long requests; /* > 0: end the run once this many are answered (bulk: bytes) */
+} opt = {M_PINGPONG, "127.0.0.1", 0, NULL, 0, 0, 64, 65536, 0, 2.0, 0.5, 250, 0, -1, 0, 0, 0};
 
 static struct {
     uint64_t count, bytes, errors, mismatches, lost, late, connects, closed_by_server;
@@ -116,6 +117,11 @@ static socklen_t server_addr_len;
 static uint64_t src_counter;
 static char *pattern; /* bulk stream content, PATTERN_LEN + chunk bytes long */
 #define PATTERN_LEN 65521u /* prime, so streams of different slots do not line up */
+
+/* The run's end: the clock, or with --requests, the count answered. */
+static int run_over(double end) {
+    return now_s >= end || (opt.requests > 0 && st.count >= (uint64_t)opt.requests);
+}
 
 static double now(void) {
     struct timespec ts;
@@ -771,7 +777,7 @@ static int run_stream(void) {
     double start = now(), warm_end = start + opt.warmup, end = warm_end + opt.duration;
     now_s = start;
     measure_start = warm_end;
-    while ((now_s = now()) < end) {
+    while (now_s = now(), !run_over(end)) {
         measuring = now_s >= warm_end;
         reopen_idle(conns, 0, total);
         int n = epoll_wait(epfd, evs, MAX_EVENTS, 2);
@@ -901,7 +907,7 @@ static int run_udp(void) {
     for (int i = 0; i < opt.depth; i++) udp_queue(fd, slots, &q, outs, i);
     udp_flush(fd, slots, &q, outs);
     struct epoll_event evs[4];
-    while ((now_s = now()) < end) {
+    while (now_s = now(), !run_over(end)) {
         measuring = now_s >= warm_end;
         for (int i = 0; i < opt.depth; i++) {
             udp_slot_t *s = &slots[i];
@@ -1002,7 +1008,8 @@ static void usage(void) {
             "usage: loadgen --mode pingpong|pipelined|perconn|udp|unix|bulk|http [--host 127.0.0.1 --port N | --path SOCK]\n"
             "               [--conns N] [--depth K] [--size BYTES] [--chunk BYTES] [--window BYTES]\n"
             "               [--duration S] [--warmup S] [--udp-timeout-ms MS] [--any-reply] [--cpu N]\n"
-            "               [--tls] [--silent N]   (--tls: pingpong, pipelined, perconn, unix, http)\n");
+            "               [--tls] [--silent N]   (--tls: pingpong, pipelined, perconn, unix, http)\n"
+            "               [--requests N]   (end once N are answered, bulk: N bytes; --duration caps it)\n");
 }
 
 static void print_result(double measured) {
@@ -1039,7 +1046,7 @@ int main(int argc, char **argv) {
         {"conns", 1, 0, 'c'},   {"depth", 1, 0, 'k'},    {"size", 1, 0, 's'},     {"chunk", 1, 0, 'C'},
         {"window", 1, 0, 'w'},  {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'W'},   {"udp-timeout-ms", 1, 0, 't'},
         {"any-reply", 0, 0, 'a'}, {"cpu", 1, 0, 'u'},    {"tls", 0, 0, 'T'},      {"silent", 1, 0, 'S'},
-        {"help", 0, 0, '?'},    {0, 0, 0, 0}};
+        {"requests", 1, 0, 'R'}, {"help", 0, 0, '?'},    {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (ch) {
@@ -1065,6 +1072,7 @@ int main(int argc, char **argv) {
         case 'u': opt.cpu = atoi(optarg); break;
         case 'T': opt.tls = 1; break;
         case 'S': opt.silent = atoi(optarg); break;
+        case 'R': opt.requests = atoll(optarg); break;
         default: usage(); return 2;
         }
     }
@@ -1073,7 +1081,7 @@ int main(int argc, char **argv) {
     if (opt.window <= 0) opt.window = 4 * opt.chunk;
     if (opt.size < HEADER_LEN + 2 || opt.size > 8192 || opt.chunk < 1 || opt.chunk > (1 << 22) ||
         opt.window < opt.chunk || opt.duration <= 0 || opt.duration > 3600 || opt.warmup < 0 ||
-        opt.warmup > 600 || opt.conns > 10000 || opt.depth > 100000 || opt.silent < 0 || opt.silent > 10000 ||
+        opt.warmup > 600 || opt.conns > 10000 || opt.depth > 100000 || opt.silent < 0 || opt.silent > 10000 || opt.requests < 0 ||
         ((opt.tls || opt.silent) && (opt.mode == M_UDP || opt.mode == M_BULK))) {
         usage();
         return 2;

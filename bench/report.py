@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 from .runner import BUSY_CPUS
 
-METRICS = ("rate", "p50_us", "p99_us", "rss_kb", "shutdown_ms")
+METRICS = ("rate", "p50_us", "p99_us", "rss_kb", "shutdown_ms", "switches_per_request")
 NOTE_COUNTERS = ("errors", "mismatches", "lost", "late", "server_errors", "closed_by_server", "silent_closed")
 # A ratio to a reference that served nothing (the stdlib with silent TLS
 # clients): shown as such, and stored as None with this flag beside it.
@@ -29,7 +29,8 @@ def finish_row(row: dict[str, Any]) -> None:
     runs = row["runs"]
     row["summary"] = summarize(runs)
     row["mismatches"] = sum(r.get("mismatches", 0) for r in runs)
-    row["status"] = "ok" if runs else "failed"
+    # With --reps 0 a row is its instruction count alone.
+    row["status"] = "ok" if runs or "instructions_per_request" in row else "failed"
 
 
 def add_ratios(rows: dict[str, dict[str, Any]]) -> None:
@@ -116,17 +117,39 @@ def _notes(row: dict[str, Any]) -> str:
         notes.append(f"{row['busy_retries']} busy run(s) repeated")
     if row.get("failures"):
         notes.append(f"{len(row['failures'])} rep(s) failed: {row['failures'][0][:120]}")
+    if row.get("instructions_error"):
+        notes.append(f"no instruction count: {row['instructions_error'][:160]}")
     return "; ".join(notes)
+
+
+def _switches(metric: dict[str, float] | None) -> str:
+    return "-" if not metric else f"{metric['median']:.2f}"
+
+
+def _instructions(row: dict[str, Any], stdlib: dict[str, Any] | None) -> str:
+    """The count, and its share of the stdlib's (below 1 is fewer)."""
+    if row.get("instructions_error"):
+        return "failed"
+    value = row.get("instructions_per_request")
+    if value is None:
+        return "-"
+    base = stdlib.get("instructions_per_request") if stdlib else None
+    return f"{value / 1000:,.1f}k" + (f" ({value / base:.2f})" if base else "")
 
 
 def table_cells(workload: dict[str, Any], reps: int) -> tuple[list[str], list[list[str]]]:
     unit = workload["unit"]
     shown_unit = "MiB/s" if unit == "bytes/s" else unit
+    per = "64KiB" if unit == "bytes/s" else "req"
     header = ["impl", shown_unit, "vs stdlib", "vs c-ref"]
     latency = workload["has_latency"]
     if latency:
         header += ["p50 us", "p99 us"]
-    header += ["peak RSS MiB", "shutdown ms", "notes"]
+    rows = workload["rows"].values()
+    counted = any("instructions_per_request" in r or "instructions_error" in r for r in rows)
+    if counted:
+        header += [f"instr/{per} (of stdlib)"]
+    header += [f"csw/{per}", "peak RSS MiB", "shutdown ms", "notes"]
     body = []
     for impl, row in workload["rows"].items():
         if row["status"] in ("unavailable", "failed") and not row.get("runs"):
@@ -139,6 +162,9 @@ def table_cells(workload: dict[str, Any], reps: int) -> tuple[list[str], list[li
         cells = [impl, _spread(s.get("rate"), unit, reps), _ratio(row, "vs_stdlib"), _ratio(row, "vs_c_reference")]
         if latency:
             cells += [_spread(s.get("p50_us"), reps=reps), _spread(s.get("p99_us"), reps=reps)]
+        if counted:
+            cells += [_instructions(row, workload["rows"].get("stdlib"))]
+        cells += [_switches(s.get("switches_per_request"))]
         cells += [f"{rss_mib['median']:.1f}" if rss_mib else "-", _shutdown(s.get("shutdown_ms")), _notes(row)]
         body.append(cells)
     return header, body
@@ -168,7 +194,7 @@ def render_markdown(header: list[str], body: list[list[str]]) -> str:
 
 
 def workload_title(workload: dict[str, Any], reps: int) -> str:
-    what = f"median of {reps}, (min-max)" if reps > 1 else "1 repetition"
+    what = f"median of {reps}, (min-max)" if reps > 1 else "1 repetition" if reps else "instruction counts only"
     agreed = f" ({workload['tls_agreed']})" if workload.get("tls_agreed") else ""
     return f"{workload['name']}: {workload['description']}{agreed}  [{what}]"
 
@@ -183,7 +209,15 @@ def machine_lines(doc: dict[str, Any]) -> list[str]:
         + (f", load average {load[0]:.2f}" if load else ""),
         f"pinning: {m['pinning']}",
         f"runs: {c['reps']} reps x {c['duration']}s after {c['warmup']}s warm-up, impls alternated within each rep",
-    ]
+        "csw/req: the server process's context switches (voluntary + involuntary) per request in the measured window",
+    ] + (
+        [
+            f"instr/req: the server's user-space instructions per request, counted by {c['instructions_counter']}"
+            " (the difference between two runs of a fixed number of requests, over that difference)"
+        ]
+        if c.get("instructions_counter")
+        else []
+    )
 
 
 def render_report(doc: dict[str, Any], markdown: bool = False) -> str:

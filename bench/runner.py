@@ -24,6 +24,7 @@ BUSY_CPUS = 0.3
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 STDERR_TAIL = 2000
+BULK_REQUEST_BYTES = 65536  # loadgen's default --chunk
 
 
 @dataclass
@@ -38,6 +39,13 @@ class RunConfig:
     udp_timeout_ms: int = 250
     # (certfile, keyfile) for the TLS workloads (bench.tls.make_certificate).
     tls_files: tuple[Path, Path] | None = None
+    # Counted runs (bench.instructions): the server's argv goes after this
+    # prefix (valgrind, perf stat), and the load generator stops once this
+    # many requests are answered, with no warm-up and duration as a cap.
+    server_prefix: list[str] = field(default_factory=list)
+    requests: int = 0
+    ready_timeout: float = READY_TIMEOUT
+    stop_timeout: float = STOP_TIMEOUT
 
 
 @dataclass
@@ -87,8 +95,21 @@ def peak_rss_kb(pid: int) -> int | None:
 class Server:
     """A server child process; always reaped, by SIGKILL if it will not stop."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], stderr_path: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        stderr_path: Path,
+        ready_timeout: float = READY_TIMEOUT,
+        stop_timeout: float = STOP_TIMEOUT,
+        signal_group: bool = False,
+    ) -> None:
         self.argv = argv
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        # Under a wrapper that stays the parent (perf stat), SIGTERM must reach
+        # the server itself, which is in the wrapper's process group.
+        self.signal_group = signal_group
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")
         self.proc = subprocess.Popen(
@@ -103,23 +124,24 @@ class Server:
         )
         self.exit_note = ""
         self.shutdown_ms: float | None = None
+        self.usage: list[tuple[int, int]] = []  # its USAGE lines: (voluntary, involuntary) switches
 
     def wait_ready(self) -> str:
         """Returns the READY line's payload; raises Unavailable or ServerFailed."""
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.ready_timeout
         buf = b""
         while b"\n" not in buf:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ServerFailed(f"no READY line within {READY_TIMEOUT:.0f}s")
+                raise ServerFailed(f"no READY line within {self.ready_timeout:.0f}s")
             readable, _, _ = select.select([fd], [], [], remaining)
             if not readable:
                 continue
             chunk = os.read(fd, 4096)
             if not chunk:
-                self.proc.wait(timeout=STOP_TIMEOUT)
+                self.proc.wait(timeout=self.stop_timeout)
                 raise ServerFailed(f"server exited with status {self.proc.returncode} before it was ready")
             buf += chunk
         line = buf.split(b"\n", 1)[0].decode(errors="replace").strip()
@@ -131,13 +153,16 @@ class Server:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if self.signal_group:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
+                self.proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                self.exit_note = f"did not exit within {STOP_TIMEOUT:.0f}s of SIGTERM; killed"
+                self.exit_note = f"did not exit within {self.stop_timeout:.0f}s of SIGTERM; killed"
         if not self.exit_note and self.proc.returncode != 0:
             self.exit_note = f"exit status {self.proc.returncode}"
         # Anything the server forked (ForkingMixIn) is in its session's process
@@ -147,7 +172,9 @@ class Server:
         except (ProcessLookupError, PermissionError):
             pass
         if self.proc.stdout and not self.proc.stdout.closed:  # stop() may run twice
-            self.shutdown_ms = shutdown_ms(self.proc.stdout.read().decode(errors="replace"))
+            rest = self.proc.stdout.read().decode(errors="replace")
+            self.shutdown_ms = shutdown_ms(rest)
+            self.usage = usage_lines(rest)
             self.proc.stdout.close()
         self._stderr.close()
 
@@ -164,6 +191,68 @@ def shutdown_ms(stdout_rest: str) -> float | None:
         if line.startswith("SHUTDOWN "):
             return float(line.split()[1])
     return None
+
+
+def usage_lines(stdout_rest: str) -> list[tuple[int, int]]:
+    """The server's ``USAGE <voluntary> <involuntary>`` lines, in order."""
+    return [(int(f[1]), int(f[2])) for f in (line.split() for line in stdout_rest.splitlines()) if f[:1] == ["USAGE"]]
+
+
+def task_switches(pid: int) -> tuple[int, int] | None:
+    """Context switches of a process's live threads, from /proc: the whole
+    count for a server that never ends a thread (echo_ref.c)."""
+    totals = [0, 0]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    for i, key in enumerate(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        if line.startswith(key):
+                            totals[i] += int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return totals[0], totals[1]
+
+
+class SwitchSampler:
+    """The server's context switches over the measured window.
+
+    A Python server reports getrusage() on SIGUSR1 (it counts threads that
+    have ended, as ThreadingMixIn's do); echo_ref.c, single-threaded and
+    without that handler, is read from /proc.  ``result()`` pairs the two
+    samples once the server has stopped and printed its lines."""
+
+    def __init__(self, impl: str, server: Server) -> None:
+        self.by_signal = impl != "c-reference"
+        self.server = server
+        self.proc_samples: list[tuple[int, int] | None] = []
+
+    def sample(self) -> None:
+        if self.by_signal:
+            try:
+                self.server.proc.send_signal(signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+        else:
+            self.proc_samples.append(task_switches(self.server.proc.pid))
+
+    def result(self, requests: float) -> dict[str, Any]:
+        samples = self.server.usage if self.by_signal else self.proc_samples
+        if len(samples) < 2 or samples[0] is None or samples[-1] is None or requests <= 0:
+            return {}
+        voluntary = samples[-1][0] - samples[0][0]
+        involuntary = samples[-1][1] - samples[0][1]
+        return {
+            "switches_voluntary": voluntary,
+            "switches_involuntary": involuntary,
+            "switches_per_request": round((voluntary + involuntary) / requests, 3),
+        }
+
+
+def requests_in(w: Workload, count: float) -> float:
+    """Requests a loadgen count stands for: bulk counts bytes, and a request
+    there is one 64 KiB write."""
+    return count / BULK_REQUEST_BYTES if w.mode == "bulk" else count
 
 
 def server_argv(w: Workload, impl: str, cfg: RunConfig, unix_path: str, profile: Path | None) -> list[str]:
@@ -190,7 +279,12 @@ def server_argv(w: Workload, impl: str, cfg: RunConfig, unix_path: str, profile:
 
 
 def loadgen_argv(w: Workload, cfg: RunConfig, address: list[str]) -> list[str]:
-    argv = [str(cfg.loadgen), *w.loadgen_args(), "--duration", str(cfg.duration), "--warmup", str(cfg.warmup)]
+    if cfg.requests:
+        requests = int(cfg.requests * (BULK_REQUEST_BYTES if w.mode == "bulk" else 1))
+        timing = ["--requests", str(requests), "--duration", str(cfg.duration), "--warmup", "0"]
+    else:
+        timing = ["--duration", str(cfg.duration), "--warmup", str(cfg.warmup)]
+    argv = [str(cfg.loadgen), *w.loadgen_args(), *timing]
     if w.family == "unix":
         argv += ["--path", address[1]]
     else:
@@ -276,11 +370,41 @@ def no_replies_reason(result: dict[str, Any], server_stderr: str) -> str:
     return with_last_line(reason + "; server stderr", server_stderr) if server_stderr.strip() else reason
 
 
+def run_loadgen(argv: list[str], cfg: RunConfig, switches: SwitchSampler | None) -> subprocess.CompletedProcess[str]:
+    """Runs the load generator to its end; samples the server's switches as
+    its measured window opens and once it has closed."""
+    timeout = cfg.warmup + cfg.duration + 30
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            if switches is not None:
+                try:
+                    proc.wait(timeout=cfg.warmup)
+                except subprocess.TimeoutExpired:
+                    switches.sample()
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        if switches is not None:
+            switches.sample()
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
 def run_once(w: Workload, impl: str, cfg: RunConfig, profile: Path | None = None) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="fsbench-") as tmp:
         unix_path = os.path.join(tmp, "echo.sock")
         env = server_env(impl)
-        server = Server(server_argv(w, impl, cfg, unix_path, profile), env, Path(tmp) / "server.stderr")
+        server = Server(
+            cfg.server_prefix + server_argv(w, impl, cfg, unix_path, profile),
+            env,
+            Path(tmp) / "server.stderr",
+            ready_timeout=cfg.ready_timeout,
+            stop_timeout=cfg.stop_timeout,
+            signal_group=bool(cfg.server_prefix),
+        )
+        # Under valgrind the threads take turns: their switches say nothing.
+        switches = None if cfg.server_prefix else SwitchSampler(impl, server)
         rss = None
         try:
             try:
@@ -295,7 +419,7 @@ def run_once(w: Workload, impl: str, cfg: RunConfig, profile: Path | None = None
             argv = loadgen_argv(w, cfg, address)
             foreign = ForeignLoad(server.proc.pid)
             try:
-                proc = subprocess.run(argv, capture_output=True, text=True, timeout=cfg.warmup + cfg.duration + 30)
+                proc = run_loadgen(argv, cfg, switches)
             except subprocess.TimeoutExpired:
                 return Outcome("failed", "load generator did not finish in time")
             foreign_cpus = foreign.cpus()
@@ -316,6 +440,8 @@ def run_once(w: Workload, impl: str, cfg: RunConfig, profile: Path | None = None
                 detail=stderr[-STDERR_TAIL:],
             )
         result: dict[str, Any] = json.loads(lines[-1])
+        if switches is not None:
+            result.update(switches.result(requests_in(w, result.get("count", 0))))
         result.update(
             backend=backend,
             rss_kb=rss,

@@ -8,6 +8,8 @@ context`` fastserver's server class gets ``ssl_context`` (the stdlib, which
 has no such attribute, wraps).  SIGTERM shuts the server down
 through ``server.shutdown()``, prints ``SHUTDOWN <ms>`` (how long that call
 took to return), writes the profile if one was asked for and exits 0.
+SIGUSR1 prints ``USAGE <voluntary> <involuntary>``: the context switches of
+the whole process so far, every thread that ever ran included (getrusage).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import errno
 import importlib
 import os
 import random
+import resource
 import signal
 import ssl
 import sys
@@ -262,6 +265,13 @@ def main(argv: list[str] | None = None) -> None:
         stoppers.append(stopper)
         stopper.start()
 
+    def report_usage(signum: int, frame: Any) -> None:
+        # getrusage, not /proc/PID/task: ThreadingMixIn's threads are gone by
+        # the time anyone reads /proc, and their switches with them.
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        say(f"USAGE {usage.ru_nvcsw} {usage.ru_nivcsw}")
+
+    signal.signal(signal.SIGUSR1, report_usage)
     signal.signal(signal.SIGTERM, request_shutdown)
     signal.signal(signal.SIGINT, request_shutdown)
     profiles = ThreadProfiles() if args.profile else None

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from externals import missing, require_c_compiler, require_openssl
+from externals import missing, require_c_compiler, require_openssl, require_program
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = (
@@ -115,6 +115,12 @@ def check_run(workload: str, impl: str, run: dict[str, Any]) -> None:
     assert run["server_errors"] == 0, f"{where}: server stderr:\n{run['server_stderr_tail']}"
     assert run["server_exit"] == "clean", f"{where}: {run['server_exit']}"
     assert isinstance(run["rss_kb"], int) and run["rss_kb"] > 0, where
+    # Sampled by SIGUSR1 (getrusage) in a Python server, from /proc for echo_ref.c.
+    assert run["switches_per_request"] >= 0, where
+    assert run["switches_voluntary"] >= 0 and run["switches_involuntary"] >= 0, where
+    if workload == "pingpong" and impl != "c-reference":
+        # 100 handler threads on one CPU: one blocks in recv() while another runs.
+        assert run["switches_voluntary"] > 0, where
     if workload in LATENCY_WORKLOADS:
         assert 0 <= run["p50_us"] <= run["p99_us"], where
     else:
@@ -336,6 +342,38 @@ def test_tls_workloads_with_ssl_context(tmp_path: Path, impl: Any) -> None:
             check_run(name, "stdlib", workload["rows"]["stdlib"]["runs"][0])
     assert doc["mismatches"] == 0 and doc["failed"] == [] and doc["invalid"] == []
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_instructions_per_request(tmp_path: Path) -> None:
+    """--instructions: two counted runs per row (valgrind here: this VM's
+    perf has no hardware counter), each stopping after a fixed number of
+    answered requests, give the server's instructions per request."""
+    require_bench_toolchain()
+    require_program("valgrind", "valgrind")
+    proc, doc = run_bench(
+        ["--instructions", "--instructions-requests", "200", "--workload", "udp", "--impl", "cython,stdlib"]
+        + ["--duration", "0.3", "--warmup", "0.1", "--reps", "1"],
+        tmp_path / "bench.json",
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    counter = doc["config"]["instructions_counter"]
+    assert counter in ("perf", "callgrind")
+    assert "instr/req" in proc.stdout and f"counted by {counter}" in proc.stdout
+    for impl, row in doc["workloads"]["udp"]["rows"].items():
+        if impl == "cython" and fastserver_backend() != "cython":
+            assert row["status"] == "unavailable", row
+            continue
+        assert "instructions_error" not in row, row.get("instructions_error")
+        short, long = row["instructions_runs"]
+        # The load generator stops once its count is reached, never before.
+        assert 200 <= short["requests"] < 600 <= long["requests"], row["instructions_runs"]
+        assert long["instructions"] > short["instructions"] > 0, row["instructions_runs"]
+        per_request = row["instructions_per_request"]
+        # Receiving, dispatching and answering a datagram in CPython takes
+        # some 10-40 thousand instructions; the interpreter's start-up, which
+        # the difference must cancel, takes hundreds of millions.
+        assert 1_000 < per_request < 200_000 < short["instructions"] / 1_000, (impl, per_request)
+        assert row["instructions_counter"] == counter
 
 
 def test_missing_openssl_headers_name_the_package(tmp_path: Path) -> None:
