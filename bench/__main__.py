@@ -259,7 +259,16 @@ def run_all(args: argparse.Namespace, cfg: RunConfig) -> dict[str, Any]:
             if counter is not None:
                 for impl, row in rows.items():
                     progress.show(f"{w.name} {impl}: instructions ({counter.name})")
-                    if row["status"] != "unavailable":
+                    if w.unsupported(impl):
+                        row.update(status="unavailable", reason=w.unsupported(impl))
+                    elif impl in w.zero_ok:
+                        # It serves nobody here: there is no request to count.
+                        why = f"no instruction count: {w.zero_why}"
+                        if row["runs"]:
+                            row["instructions_error"] = why
+                        else:
+                            row.update(status="unavailable", reason=why)
+                    elif row["status"] != "unavailable":
                         row.update(instructions.count(w, impl, cfg, counter, args.instructions_requests))
                     progress.skip(1)
             for impl, row in rows.items():
