@@ -1,5 +1,6 @@
-"""``python -m bench --instructions``: instructions per request, a measure this
-shared VM's noise cannot move.
+"""``python -m bench --instructions``: instructions per request, a measure the
+shared VM's load does not move (valgrind's turn-taking still moves a threaded
+server's count by up to 10%; a single-threaded one's by about 1%).
 
 Each workload and impl runs twice more, with the server under an instruction
 counter and the load generator stopping after a fixed number of answered
