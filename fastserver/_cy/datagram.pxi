@@ -159,15 +159,10 @@ cdef extern from *:
     object _descr_get "fs_descr_get"(object descr, object obj)
 
 _family_member = _c_socket.socket.__dict__["family"]
-_fileno_method = _c_socket.socket.fileno
 
 
 cdef inline int _plain_family(object sock) except? -1:
     return _descr_get(_family_member, sock)
-
-
-cdef inline int _plain_fileno(object sock) except? -1:
-    return _fileno_method(sock)
 
 
 def sendto(sock, data, address):

@@ -390,13 +390,18 @@ cdef class StreamReader:
             self._leave()
 
     cdef object _readline_slow(self, Py_ssize_t limit):
+        # The common line, read whole by one receive into the empty buffer,
+        # is returned as it is: the list of chunks only exists for a second
+        # chunk.
         cdef Py_ssize_t n = self._readahead()
         cdef char *s
-        chunks = []
+        cdef object first = None
+        cdef list chunks = None
+        cdef bint done
         if limit >= 0 and n > limit:
             n = limit
         if n > 0:
-            chunks.append(PyBytes_FromStringAndSize(self._buffer + self._pos, n))
+            first = PyBytes_FromStringAndSize(self._buffer + self._pos, n)
             self._pos += n
             if limit >= 0:
                 limit -= n
@@ -410,17 +415,26 @@ cdef class StreamReader:
             s = <char *>memchr(self._buffer, b'\n', <size_t>n)
             if s != NULL:
                 self._pos = s - self._buffer + 1
-                chunks.append(PyBytes_FromStringAndSize(self._buffer, self._pos))
-                break
-            chunks.append(PyBytes_FromStringAndSize(self._buffer, n))
-            if n == limit:
-                self._pos = n
+                chunk = PyBytes_FromStringAndSize(self._buffer, self._pos)
+                done = True
+            else:
+                chunk = PyBytes_FromStringAndSize(self._buffer, n)
+                done = n == limit
+                if done:
+                    self._pos = n
+            if first is None:
+                first = chunk
+            elif chunks is None:
+                chunks = [first, chunk]
+            else:
+                chunks.append(chunk)
+            if done:
                 break
             if limit >= 0:
                 limit -= n
-        if len(chunks) == 1:
-            return chunks[0]
-        return b"".join(chunks)
+        if chunks is not None:
+            return b"".join(chunks)
+        return first if first is not None else b""
 
     def __iter__(self):
         if self._closed:
