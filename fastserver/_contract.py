@@ -170,7 +170,18 @@ class ServeLoop(Protocol):
 
     The loop calls back into the server only through its public or
     overridable methods: fileno(), _handle_request_noblock() and
-    service_actions(). A server's ``_fs_buffered`` attribute, when not None,
+    service_actions(). The Cython loop does the work of
+    _handle_request_noblock() itself for a server whose class is a
+    subclass of fastserver's UDPServer (with ``type`` as its metaclass)
+    that keeps every method of servers._DATAGRAM_SERVER_DEFAULTS (the
+    request path down to close_request()), whose instance has none of
+    those names set on it, and that has no request_observer: it receives
+    as get_request() would, calls handle_datagram(), and hands an Exception
+    to handle_error() and then _fs_end_request(), as _fs_dispatch() does.
+    Which classes qualify is cached per class and looked at again when the
+    class is modified; the instance's attributes are looked at again when
+    they are a new dict or a different number of them (an override set on
+    the instance adds a name). A server's ``_fs_buffered`` attribute, when not None,
     is a DatagramReceiver whose ``pending`` requests are served without
     waiting. serve_forever() calls the server's ``_fs_open_lobby()`` once,
     after it has taken the listening descriptor. A Lobby it returns has

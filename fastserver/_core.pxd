@@ -25,8 +25,9 @@
 #   serve_forever()'s close of the waker stay ordered (pure uses one);
 #   _shutdown_request read with an atomic load.
 # - Module state: _drivable_cache and _plain_tag (a dict and a word: both
-#   need a lock or per-thread caches), and the version-tag read, which is
-#   not atomic with the type's modification there.
+#   need a lock or per-thread caches), the _ClassVerdicts caches, and the
+#   version-tag read, which is not atomic with the type's modification
+#   there.
 
 cimport cython
 from libc.stdint cimport int64_t
@@ -52,7 +53,8 @@ cdef class ServeLoop:
     #     POLLNVAL on the server fd (server_close() under the loop) -> break
     #     _shutdown_request? -> break
     #     ready? -> server._handle_request_noblock()   (Python lookup: an
-    #                                                   override wins)
+    #                                                   override wins), or
+    #               for a plain UDPServer its work in C (dgram_serve.pxi)
     #     server.service_actions()
     #   finally (and when the fd or the waker fails): _wake_fd = -1, close
     #            the waker, clear _shutdown_request, _is_shut_down.set()
@@ -67,6 +69,8 @@ cdef class ServeLoop:
     cdef bint _shutdown_request      # set by shutdown(), cleared when serve_forever() returns
     cdef int _wake_fd                # waker write end while serve_forever() runs, else -1
     cdef object _backoff             # _contract.AcceptBackoff: the policy; .until is read here
+    cdef object _checked_attributes  # the server's __dict__ as last found free of overrides, or None
+    cdef Py_ssize_t _checked_count   # ... and its size then (dgram_serve.pxi)
 
 
 cdef class DatagramReceiver:
@@ -103,6 +107,7 @@ cdef class DatagramReceiver:
     cdef iovec *_iov
     cdef sockaddr_storage *_names
 
+    cpdef recv(self, max_packet_size)
     cdef int _ensure_slots(self, Py_ssize_t size) except -1
     cdef int _receive(self) except -1
     cdef object _pop(self, Py_ssize_t size)

@@ -15,6 +15,8 @@ The source is split by concern:
 - ``_cy/loop.pxi``: ServeLoop.
 - ``_cy/accept.pxi``: accept().
 - ``_cy/datagram.pxi``: DatagramReceiver, sendto(), handle_datagram().
+- ``_cy/dgram_serve.pxi``: the loop's step for a ready server, UDPServer's
+  request path in C.
 - ``_cy/dgram_files.pxi``: DatagramFile, a datagram handler's rfile and wfile.
 - ``_cy/writer.pxi``: SocketWriter, CoalescingWriter.
 - ``_cy/fresh_bytes.pxi``: bytes objects filled in place (large reads).
@@ -56,6 +58,7 @@ include "_cy/loop.pxi"
 include "_cy/accept.pxi"
 include "_cy/dgram_files.pxi"
 include "_cy/datagram.pxi"
+include "_cy/dgram_serve.pxi"
 include "_cy/writer.pxi"
 include "_cy/fresh_bytes.pxi"
 include "_cy/stream.pxi"

@@ -46,7 +46,7 @@ cdef class DatagramReceiver:
                                   + sizeof(sockaddr_storage))
         return size + self._slot_size * self._batch
 
-    def recv(self, max_packet_size):
+    cpdef recv(self, max_packet_size):
         cdef Py_ssize_t size = max_packet_size
         if self._next < self._count:
             return self._pop(size)
@@ -197,22 +197,75 @@ cdef object _sendto(object sock, object data, object address):
 
 # --- DatagramRequestHandler's own methods, in C --------------------------------
 
-# Per handler class: may handle_datagram() stand in for its __init__, setup()
-# and finish()? Cached with the class's version tag, as _drivable is; a
-# class modified since (a method patched in) is looked at again. Bounded:
-# a process that makes handler classes on the fly does not keep them all.
-cdef dict _plain_handlers = {}
-cdef enum:
-    _PLAIN_HANDLERS_MAX = 256
-# The last class looked up, before the dict: one server, one handler class.
-cdef object _last_handler = None
-cdef unsigned int _last_handler_tag = 0
-cdef bint _last_handler_ok = False
+cdef class _ClassVerdicts:
+    """A yes or no per class, from judge(cls), cached with the class's
+    version tag as _drivable is: a class modified since (a method patched
+    in) is judged again. Bounded: a process that makes classes on the fly
+    does not keep them all. The last class asked about is checked before
+    the dict: one server, one handler class."""
 
-# fastserver.handlers and preamble.current, imported at the first datagram:
-# both import the core, so it cannot import them when it loads.
+    cdef object _judge
+    cdef dict _cache
+    cdef object _last
+    cdef unsigned int _last_tag
+    cdef bint _last_ok
+
+    def __init__(self, judge):
+        self._judge = judge
+        self._cache = {}
+
+    cdef bint verdict(self, object cls) except -1:
+        cdef unsigned int tag
+        if type(cls) is not type:
+            # A partial, a function, or a metaclass that may have its own
+            # __call__ or attribute lookup: used as they are.
+            return False
+        tag = _version_tag(cls)
+        if tag != 0 and tag == self._last_tag and cls is self._last:
+            return self._last_ok
+        cached = self._cache.get(cls)
+        if cached is not None and tag != 0 and (<tuple>cached)[0] == tag:
+            self._remember(cls, tag, (<tuple>cached)[1])
+            return (<tuple>cached)[1]
+        ok = bool(self._judge(cls))
+        tag = _version_tag(cls)   # the judge's lookups assigned one if needed
+        if tag != 0:
+            if len(self._cache) >= _VERDICTS_MAX:
+                self._cache.clear()
+            self._cache[cls] = (tag, ok)
+            self._remember(cls, tag, ok)
+        return ok
+
+    cdef void _remember(self, object cls, unsigned int tag, bint ok) noexcept:
+        # The tag last: dropping the previous class may run Python code (and
+        # switch threads), and a lookup meanwhile must not match half of each.
+        self._last_tag = 0
+        self._last = cls
+        self._last_ok = ok
+        self._last_tag = tag
+
+
+cdef enum:
+    _VERDICTS_MAX = 256
+
+
+# fastserver.handlers, fastserver.servers and preamble.current, imported at
+# the first datagram: they import the core, so it cannot import them when
+# it loads.
 cdef object _handlers_module = None
+cdef object _servers_module = None
 cdef object _preamble_current = None
+
+
+cdef int _import_layers() except -1:
+    global _handlers_module, _servers_module, _preamble_current
+    if _preamble_current is None:
+        from fastserver import handlers, preamble, servers
+        _handlers_module = handlers
+        _servers_module = servers
+        _preamble_current = preamble.current
+    return 0
+
 
 # What the stand-in sets on the handler and then uses from its locals: a
 # class that intercepts them (a property, a slot) is served by its methods.
@@ -221,46 +274,18 @@ _HANDLER_FIELDS = ("request", "client_address", "server", "packet", "socket",
 # What it runs instead of the class's own is handlers._DATAGRAM_DEFAULTS.
 
 
-cdef bint _plain_handler(object cls) except -1:
-    global _handlers_module, _preamble_current
-    cdef unsigned int tag
-    if type(cls) is not type:
-        # A partial, a function, or a metaclass that may have its own
-        # __call__: called as they are.
-        return False
-    tag = _version_tag(cls)
-    if tag != 0 and tag == _last_handler_tag and cls is _last_handler:
-        return _last_handler_ok
-    cached = _plain_handlers.get(cls)
-    if cached is not None and tag != 0 and (<tuple>cached)[0] == tag:
-        _remember_handler(cls, tag, (<tuple>cached)[1])
-        return (<tuple>cached)[1]
-    if _handlers_module is None:
-        from fastserver import handlers, preamble
-        _preamble_current = preamble.current
-        _handlers_module = handlers
-    ok = issubclass(cls, _handlers_module.DatagramRequestHandler) and all(
+def _judge_handler(cls):
+    """May handle_datagram() stand in for cls's __init__, setup() and
+    finish()?"""
+    _import_layers()
+    return issubclass(cls, _handlers_module.DatagramRequestHandler) and all(
         getattr(cls, name, None) is value
         for name, value in _handlers_module._DATAGRAM_DEFAULTS) and not any(
         _intercepts(klass.__dict__.get(name))
         for klass in cls.__mro__ for name in _HANDLER_FIELDS)
-    tag = _version_tag(cls)   # the lookups above assigned one if needed
-    if tag != 0:
-        if len(_plain_handlers) >= _PLAIN_HANDLERS_MAX:
-            _plain_handlers.clear()
-        _plain_handlers[cls] = (tag, ok)
-        _remember_handler(cls, tag, ok)
-    return ok
 
 
-cdef void _remember_handler(object cls, unsigned int tag, bint ok) noexcept:
-    global _last_handler, _last_handler_tag, _last_handler_ok
-    # The tag last: dropping the previous class may run Python code (and
-    # switch threads), and a lookup meanwhile must not match half of each.
-    _last_handler_tag = 0
-    _last_handler = cls
-    _last_handler_ok = ok
-    _last_handler_tag = tag
+cdef _ClassVerdicts _plain_handlers = _ClassVerdicts(_judge_handler)
 
 
 cdef inline bint _intercepts(object attribute) except -1:
@@ -271,9 +296,15 @@ cdef inline bint _intercepts(object attribute) except -1:
 
 def handle_datagram(handler_class, request, client_address, server):
     """See fastserver._contract.Core.handle_datagram."""
-    if not _plain_handler(handler_class) or _preamble_current() is not None:
+    _handle_datagram(handler_class, request, client_address, server)
+
+
+cdef int _handle_datagram(object handler_class, object request,
+                          object client_address, object server) except -1:
+    if (not _plain_handlers.verdict(handler_class)
+            or _preamble_current() is not None):
         handler_class(request, client_address, server)
-        return
+        return 0
     # BaseRequestHandler.__init__ and DatagramRequestHandler.setup().
     handler = object.__new__(handler_class)
     handler.request = request
@@ -289,6 +320,7 @@ def handle_datagram(handler_class, request, client_address, server):
         handler.handle()
     finally:
         _finish_datagram(handler, server)
+    return 0
 
 
 cdef int _finish_datagram(object handler, object server) except -1:
@@ -296,7 +328,7 @@ cdef int _finish_datagram(object handler, object server) except -1:
     its order, since handle() may have replaced any of them."""
     if handler.server is not server:
         # Another server's core decides how to send: the original finish()
-        # (the class's own is that one, _plain_handler made sure).
+        # (the class's own is that one, _plain_handlers made sure).
         handler.finish()
         return 0
     sock = handler.socket

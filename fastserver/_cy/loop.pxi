@@ -86,11 +86,12 @@ cdef class ServeLoop:
                 if self._shutdown_request:
                     break
                 if ready:
-                    server._handle_request_noblock()
+                    _serve_ready(self, server)
                 if lobby is not None:
                     lobby.service(lobby_ready)
                 server.service_actions()
         finally:
+            self._checked_attributes = None
             # With the GIL held throughout: shutdown() sees -1 or a live fd.
             self._wake_fd = -1
             close(wake[1])
