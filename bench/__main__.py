@@ -1,4 +1,4 @@
-"""python -m bench: fastserver (cython, pure) vs stdlib socketserver vs a C echo server.
+"""python -m bench: fastserver (cython, pure) vs stdlib socketserver vs two C echo servers.
 
 Run from the checkout root.  See bench/README.md for how to read the output.
 """
@@ -19,6 +19,7 @@ from typing import Any
 from . import build, instructions, machine, report, tls
 from .runner import REPO_ROOT, Outcome, RunConfig, machine_busy_seconds, run_once
 from .workloads import (
+    C_IMPLS,
     IMPLS,
     OPTIONAL_WORKLOADS,
     PYTHON_IMPLS,
@@ -40,7 +41,8 @@ def comma_list(values: list[str] | None) -> list[str]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark fastserver against the stdlib socketserver and a C epoll echo server.",
+        description="Benchmark fastserver against the stdlib socketserver and two C echo servers"
+        " (epoll; thread per connection).",
     )
     p.add_argument(
         "--quick",
@@ -236,7 +238,7 @@ def run_all(args: argparse.Namespace, cfg: RunConfig) -> dict[str, Any]:
                         continue
                     progress.show(f"{w.name} {impl} rep {rep}/{args.reps}")
                     profile = None
-                    if profile_dir and impl != "c-reference":
+                    if profile_dir and impl not in C_IMPLS:
                         profile = profile_dir / f"{w.name}-{impl}.rep{rep}.prof"
                         profile_parts[impl].append(profile)
                     outcome: Outcome = run_once(w, impl, cfg, profile)

@@ -15,7 +15,7 @@ CFLAGS = ["-O2", "-Wall"]
 # count towards the cache key.
 SOURCES = {"loadgen": ["loadgen.c", "loadgen_tls.c"], "echo_ref": ["echo_ref.c"]}
 HEADERS = {"loadgen": ["loadgen_tls.h"], "echo_ref": []}
-LIBS = {"loadgen": ["-lssl", "-lcrypto", "-lm"], "echo_ref": []}
+LIBS = {"loadgen": ["-lssl", "-lcrypto", "-lm"], "echo_ref": ["-pthread"]}  # echo_ref --threaded
 # The load generator's TLS client (the tls-* workloads) is OpenSSL's.
 OPENSSL_PACKAGE = "libssl-dev"
 

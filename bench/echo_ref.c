@@ -1,14 +1,28 @@
 /*
- * c-reference: the ceiling the Python servers are compared against.
+ * The C servers the Python ones are compared against.
  *
- * A single-threaded, non-blocking epoll echo server.  Stream sockets (TCP or
- * AF_UNIX) echo bytes as they arrive, which is exactly what a line echo does to
- * a stream; UDP echoes each datagram to its sender, in recvmmsg()/sendmmsg()
- * batches.  With --http, a TCP connection gets one fixed HTTP/1.1 response
- * (the bench's 64-byte body) for every request head it sends, in one send().
- * It binds the first free
- * port in [--port-lo, --port-hi] and prints "READY c-reference <address>" once
- * it is listening; SIGTERM/SIGINT stop it cleanly.
+ * c-reference, the ceiling: a single-threaded, non-blocking epoll echo
+ * server.  Stream sockets (TCP or AF_UNIX) echo bytes as they arrive, which is
+ * exactly what a line echo does to a stream; UDP echoes each datagram to its
+ * sender, in recvmmsg()/sendmmsg() batches.  With --http, a TCP connection
+ * gets one fixed HTTP/1.1 response (the bench's 64-byte body) for every
+ * request head it sends, in one send().
+ *
+ * c-threaded (--threaded lines|chunks, stream sockets only): the model of
+ * ThreadingTCPServer without an interpreter, to show what that model itself
+ * costs.  The main thread accepts; each connection gets a detached thread
+ * doing blocking recv()/send() until EOF.  "lines" sends the way LineEcho's
+ * `for line in rfile: wfile.write(line)` does: recv() up to 8192 bytes (the
+ * size of rfile's buffer), then one send() per complete line.  "chunks" sends
+ * whatever each recv() returned in one send(), as BulkEcho and
+ * CoalescingLineEcho do.  It answers SIGUSR1 with "USAGE <voluntary>
+ * <involuntary>" (getrusage) as the Python servers do: its threads end with
+ * their connections, and /proc forgets them.
+ *
+ * Either binds the first free port in [--port-lo, --port-hi] and prints
+ * "READY c-reference <address>" (or "READY c-threaded ...") once it is
+ * listening; SIGTERM/SIGINT stop it cleanly.  --cpu pins the whole process,
+ * every thread included.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -16,12 +30,16 @@
 #include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -167,6 +185,115 @@ static void on_datagrams(void) {
     }
 }
 
+/* --threaded: one thread per connection, blocking I/O. */
+enum { THREADED_OFF, THREADED_LINES, THREADED_CHUNKS };
+static int threaded;
+static volatile sig_atomic_t usage_wanted;
+/* io.BufferedReader's default buffer: the most a Python rfile asks recv() for. */
+#define LINE_BUF 8192
+
+static void on_usage(int sig) { (void)sig; usage_wanted = 1; }
+
+static int send_all(int fd, const char *p, size_t n) {
+    while (n) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* LineEcho: readline() from a buffer filled by recv(), and a write() (one
+ * send()) per line.  A buffer full of one unended line goes out as is: the
+ * bytes echoed are the same, and the bench never sends such a line. */
+static void serve_lines(int fd) {
+    char buf[LINE_BUF];
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = recv(fd, buf + len, sizeof buf - len, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return;
+        if (n == 0) { /* the last line may lack its '\n': iterating rfile still yields it */
+            send_all(fd, buf, len);
+            return;
+        }
+        len += (size_t)n;
+        char *start = buf, *end = buf + len, *nl;
+        while ((nl = memchr(start, '\n', (size_t)(end - start))) != NULL) {
+            if (send_all(fd, start, (size_t)(nl + 1 - start)) < 0) return;
+            start = nl + 1;
+        }
+        if (start == buf && len == sizeof buf) {
+            if (send_all(fd, buf, len) < 0) return;
+            start = end;
+        }
+        len = (size_t)(end - start);
+        memmove(buf, start, len);
+    }
+}
+
+/* BulkEcho and CoalescingLineEcho: what one recv() returned, in one write. */
+static void serve_chunks(int fd) {
+    char buf[BUF_SIZE];
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0 || send_all(fd, buf, (size_t)n) < 0) return;
+    }
+}
+
+static void *serve_connection(void *arg) {
+    int fd = (int)(intptr_t)arg;
+    if (threaded == THREADED_LINES) serve_lines(fd);
+    else serve_chunks(fd);
+    close(fd);
+    return NULL;
+}
+
+static void report_usage(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru); /* every thread, the ended ones included */
+    printf("USAGE %ld %ld\n", ru.ru_nvcsw, ru.ru_nivcsw);
+    fflush(stdout);
+}
+
+/* The accept loop.  SIGTERM, SIGINT and SIGUSR1 stay blocked everywhere but
+ * in ppoll() (threads inherit the mask), so none is lost between the checks
+ * and the wait, and none interrupts a connection's thread. */
+static void serve_threaded(int is_tcp) {
+    sigset_t handled, open_mask;
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGINT);
+    sigaddset(&handled, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &handled, &open_mask);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    struct pollfd listener = {.fd = listen_fd, .events = POLLIN};
+    for (;;) {
+        if (usage_wanted) { usage_wanted = 0; report_usage(); }
+        if (stopping) break;
+        if (ppoll(&listener, 1, NULL, &open_mask) <= 0) continue; /* EINTR: a signal to look at */
+        for (;;) { /* the listener is non-blocking: take every pending connection */
+            int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC); /* no SOCK_NONBLOCK: blocking I/O */
+            if (fd < 0) {
+                if (errno == EINTR || errno == ECONNABORTED) continue;
+                break; /* EAGAIN, or EMFILE: the client will see the failure */
+            }
+            if (is_tcp) {
+                int one = 1;
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            }
+            pthread_t thread;
+            if (pthread_create(&thread, &attr, serve_connection, (void *)(intptr_t)fd) != 0) close(fd);
+        }
+    }
+    pthread_attr_destroy(&attr);
+}
+
 static int bind_inet(int type, const char *host, int lo, int hi, int *port_out) {
     for (int port = lo; port <= hi; port++) {
         int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -189,7 +316,7 @@ static int bind_inet(int type, const char *host, int lo, int hi, int *port_out) 
 int main(int argc, char **argv) {
     static struct option longopts[] = {{"tcp", 1, 0, 't'},     {"udp", 1, 0, 'u'},     {"unix", 1, 0, 'x'},
                                        {"port-lo", 1, 0, 'l'}, {"port-hi", 1, 0, 'h'}, {"cpu", 1, 0, 'c'},
-                                       {"http", 0, 0, 'H'},    {0, 0, 0, 0}};
+                                       {"http", 0, 0, 'H'},    {"threaded", 1, 0, 'T'}, {0, 0, 0, 0}};
     const char *tcp = NULL, *udp = NULL, *unix_path = NULL;
     int lo = 20000, hi = 30000, cpu = -1, ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -201,8 +328,14 @@ int main(int argc, char **argv) {
         case 'h': hi = atoi(optarg); break;
         case 'c': cpu = atoi(optarg); break;
         case 'H': http_mode = 1; break;
+        case 'T':
+            threaded = !strcmp(optarg, "lines") ? THREADED_LINES : !strcmp(optarg, "chunks") ? THREADED_CHUNKS : -1;
+            if (threaded > 0) break;
+            fprintf(stderr, "echo_ref: --threaded takes lines or chunks, not %s\n", optarg);
+            return 2;
         default:
-            fprintf(stderr, "usage: echo_ref (--tcp HOST [--http] | --udp HOST | --unix PATH) [--port-lo N --port-hi N] [--cpu N]\n");
+            fprintf(stderr, "usage: echo_ref (--tcp HOST [--http | --threaded lines|chunks] | --udp HOST"
+                            " | --unix PATH [--threaded lines|chunks]) [--port-lo N --port-hi N] [--cpu N]\n");
             return 2;
         }
     }
@@ -212,6 +345,10 @@ int main(int argc, char **argv) {
     }
     if (http_mode && !tcp) {
         fprintf(stderr, "echo_ref: --http goes with --tcp\n");
+        return 2;
+    }
+    if (threaded && (udp || http_mode)) {
+        fprintf(stderr, "echo_ref: --threaded serves stream sockets (--tcp or --unix) with echo only: no --udp, no --http\n");
         return 2;
     }
     if (cpu >= 0) {
@@ -224,6 +361,8 @@ int main(int argc, char **argv) {
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    struct sigaction usage_sa = {.sa_handler = on_usage};
+    if (threaded) sigaction(SIGUSR1, &usage_sa, NULL);
 
     char where[200];
     int port = 0;
@@ -245,6 +384,13 @@ int main(int argc, char **argv) {
         snprintf(where, sizeof where, "%s %s %d", tcp ? "tcp" : "udp", host, port);
     }
     if (!udp && listen(listen_fd, 1024) < 0) { perror("echo_ref: listen"); return 1; }
+    if (threaded) {
+        printf("READY c-threaded %s\n", where);
+        fflush(stdout);
+        serve_threaded(tcp != NULL);
+        if (unix_path) unlink(unix_path);
+        return 0;
+    }
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &listener_tag};

@@ -236,7 +236,13 @@ def render_report(doc: dict[str, Any], markdown: bool = False) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-COLORS = {"cython": "#1f77b4", "pure": "#ff7f0e", "stdlib": "#7f7f7f", "c-reference": "#2ca02c"}
+COLORS = {
+    "cython": "#1f77b4",
+    "pure": "#ff7f0e",
+    "stdlib": "#7f7f7f",
+    "c-reference": "#2ca02c",
+    "c-threaded": "#98df8a",
+}
 
 
 def draw_png(doc: dict[str, Any], path: str) -> None:

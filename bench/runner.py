@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import machine
-from .workloads import Workload
+from .workloads import C_IMPLS, Workload
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Above this many CPUs' worth of work by other processes during a run, say so:
@@ -218,9 +218,11 @@ class SwitchSampler:
     """The server's context switches over the measured window.
 
     A Python server reports getrusage() on SIGUSR1 (it counts threads that
-    have ended, as ThreadingMixIn's do); echo_ref.c, single-threaded and
-    without that handler, is read from /proc.  ``result()`` pairs the two
-    samples once the server has stopped and printed its lines."""
+    have ended, as ThreadingMixIn's do), and so does echo_ref.c --threaded
+    (c-threaded), whose threads end with their connections, some before the
+    second sample; c-reference, single-threaded and without that handler,
+    is read from /proc.  ``result()`` pairs the two samples once the server
+    has stopped and printed its lines."""
 
     def __init__(self, impl: str, server: Server) -> None:
         self.by_signal = impl != "c-reference"
@@ -258,10 +260,11 @@ def requests_in(w: Workload, count: float) -> float:
 def server_argv(w: Workload, impl: str, cfg: RunConfig, unix_path: str, profile: Path | None) -> list[str]:
     lo, hi = cfg.port_range
     cpu = [str(machine.SERVER_CPU)] if cfg.pin else []
-    if impl == "c-reference":
+    if impl in C_IMPLS:
         where = {"tcp": ["--tcp", "127.0.0.1"], "udp": ["--udp", "127.0.0.1"], "unix": ["--unix", unix_path]}
         argv = [str(cfg.echo_ref), *where[w.family], "--port-lo", str(lo), "--port-hi", str(hi)]
         argv += ["--http"] if w.mode == "http" else []
+        argv += ["--threaded", w.threaded_sends] if impl == "c-threaded" else []
         return argv + (["--cpu", *cpu] if cpu else [])
     argv = [cfg.python, "-m", "bench.server_runner", "--impl", impl, "--server", w.server_class]
     argv += ["--handler", w.handler, "--family", w.family, "--port-lo", str(lo), "--port-hi", str(hi)]

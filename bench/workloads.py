@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-IMPLS = ("cython", "pure", "stdlib", "c-reference")
+IMPLS = ("cython", "pure", "stdlib", "c-reference", "c-threaded")
 PYTHON_IMPLS = ("cython", "pure", "stdlib")
+C_IMPLS = ("c-reference", "c-threaded")  # bench/echo_ref.c, without and with --threaded
 
 # How a TLS workload's server gets TLS (bench.server_runner --tls).
 TLS_WRAP = "wrap"  # server.socket = ctx.wrap_socket(server.socket, server_side=True), on every impl
@@ -47,9 +48,22 @@ class Workload:
 
     def unsupported(self, impl: str) -> str:
         """Why ``impl`` has no row in this workload, or ""."""
-        if self.tls and impl == "c-reference":
+        if self.tls and impl in C_IMPLS:
             return "left out of the TLS workloads: echo_ref.c speaks no TLS"
+        if impl != "c-threaded":
+            return ""
+        if self.family == "udp":
+            return "left out of the UDP workloads: echo_ref.c --threaded serves stream sockets only"
+        if self.mode == "http":
+            return "left out of the HTTP workloads: echo_ref.c --threaded only echoes"
+        if self.handler not in THREADED_SENDS:
+            return f"echo_ref.c --threaded has no C twin of {self.handler}"
         return ""
+
+    @property
+    def threaded_sends(self) -> str:
+        """echo_ref.c's --threaded argument: how this workload's handler sends."""
+        return THREADED_SENDS[self.handler]
 
     def describe(self) -> str:
         load = {
@@ -100,6 +114,16 @@ def family_of_server_class(name: str) -> str:
 
 
 H = "bench.handlers"
+# How each echo handler's wfile.write() calls map onto send(), for
+# c-threaded: "lines" is one send() per line read (LineEcho iterates rfile),
+# "chunks" one send() per recv() (BulkEcho writes what read1() returned;
+# fastserver's coalesce_writes batches the lines a read brought in).
+THREADED_SENDS = {
+    f"{H}:LineEcho": "lines",
+    f"{H}:NoDelayLineEcho": "lines",
+    f"{H}:CoalescingLineEcho": "chunks",
+    f"{H}:BulkEcho": "chunks",
+}
 HTTP_SERVER = "http.server:ThreadingHTTPServer"
 HTTP_HANDLER = "bench.http_handlers:KeepAliveGet"
 WERKZEUG = "bench.werkzeug_keepalive"

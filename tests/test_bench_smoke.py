@@ -55,7 +55,10 @@ TLS_WORKLOADS = {"tls-pingpong", "tls-perconn", "tls-pingpong-ctx", "tls-perconn
 # a silent client's handshake) serves nobody: a measured 0, not INVALID.
 STDLIB_STARVES = {"tls-perconn", "tls-perconn-ctx"}
 SILENT_CLIENTS = 40
-IMPLS = ("cython", "pure", "stdlib", "c-reference")
+IMPLS = ("cython", "pure", "stdlib", "c-reference", "c-threaded")
+C_IMPLS = ("c-reference", "c-threaded")
+# echo_ref.c --threaded (c-threaded) serves stream echo only.
+NOT_THREADED = {"udp", "udp-threading", "http-keepalive", "http-keepalive-1"} | TLS_WORKLOADS
 TIMEOUT = 600
 
 
@@ -115,11 +118,11 @@ def check_run(workload: str, impl: str, run: dict[str, Any]) -> None:
     assert run["server_errors"] == 0, f"{where}: server stderr:\n{run['server_stderr_tail']}"
     assert run["server_exit"] == "clean", f"{where}: {run['server_exit']}"
     assert isinstance(run["rss_kb"], int) and run["rss_kb"] > 0, where
-    # Sampled by SIGUSR1 (getrusage) in a Python server, from /proc for echo_ref.c.
+    # Sampled by SIGUSR1 (getrusage) in a Python server and c-threaded, from /proc for c-reference.
     assert run["switches_per_request"] >= 0, where
     assert run["switches_voluntary"] >= 0 and run["switches_involuntary"] >= 0, where
     if workload == "pingpong" and impl != "c-reference":
-        # 100 handler threads on one CPU: one blocks in recv() while another runs.
+        # 100 handler threads (Python's, or c-threaded's) on one CPU: one blocks in recv() while another runs.
         assert run["switches_voluntary"] > 0, where
     if workload in LATENCY_WORKLOADS:
         assert 0 <= run["p50_us"] <= run["p99_us"], where
@@ -152,11 +155,12 @@ def check_starved_stdlib(workload: str, row: dict[str, Any]) -> None:
 
 
 def check_tls_rows(name: str, workload: dict[str, Any], stdout: str) -> None:
-    """What the TLS workloads add to a row's checks: no c-reference, and
+    """What the TLS workloads add to a row's checks: no C server, and
     where the stdlib serves nobody, fastserver's ratio says so."""
-    c_ref = workload["rows"].get("c-reference")
-    if c_ref is not None:
-        assert c_ref["status"] == "unavailable" and "speaks no TLS" in c_ref["reason"], c_ref
+    for impl in C_IMPLS:
+        c_row = workload["rows"].get(impl)
+        if c_row is not None:
+            assert c_row["status"] == "unavailable" and "speaks no TLS" in c_row["reason"], c_row
     if name in STDLIB_STARVES:
         for impl in ("cython", "pure"):
             row = workload["rows"].get(impl)
@@ -185,6 +189,9 @@ def test_quick_bench_every_workload_and_impl(tmp_path: Path) -> None:
                 continue
             if impl == "c-reference" and name in TLS_WORKLOADS:
                 continue
+            if impl == "c-threaded" and name in NOT_THREADED:
+                assert row["status"] == "unavailable" and "echo_ref.c" in row["reason"], row
+                continue
             if impl == "stdlib" and name in STDLIB_STARVES:
                 check_starved_stdlib(name, row)
                 continue
@@ -198,6 +205,59 @@ def test_quick_bench_every_workload_and_impl(tmp_path: Path) -> None:
     # Checked after the rows, whose messages say what went wrong.
     assert doc["mismatches"] == 0 and doc["failed"] == [] and doc["invalid"] == []
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_c_threaded_rows(tmp_path: Path) -> None:
+    """c-threaded, the thread-per-connection C server, on the workloads
+    whose handlers send per line (pingpong, pipelined) and per read
+    (pipelined-coalesce): every reply checks out; it has no row where it
+    has no mode (UDP, HTTP, TLS)."""
+    require_bench_toolchain()
+    served = ("pingpong", "pipelined", "pipelined-coalesce")
+    left_out = {"udp": "UDP", "http-keepalive-1": "HTTP", "tls-pingpong": "TLS"}
+    proc, doc = run_bench(
+        ["--quick", "--reps", "1", "--impl", "c-threaded", "--workload", ",".join([*served, *left_out])],
+        tmp_path / "bench.json",
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    for name in served:
+        row = doc["workloads"][name]["rows"]["c-threaded"]
+        assert row["status"] == "ok" and row["failures"] == [], f"{name}: {row['failures']}"
+        run = row["runs"][0]
+        check_run(name, "c-threaded", run)
+        assert run["backend"] == "c-threaded", run["backend"]
+        assert row["summary"]["rate"]["median"] > 0, name
+        # The ratio to c-reference needs c-reference's row, which this run leaves out.
+        assert row["vs_c_reference"] is None and row["vs_stdlib"] is None, row
+    for name, what in left_out.items():
+        row = doc["workloads"][name]["rows"]["c-threaded"]
+        assert row["status"] == "unavailable" and what in row["reason"], row
+        assert row["runs"] == [], row
+        assert f"c-threaded  unavailable: {row['reason']}" in proc.stdout
+
+
+def test_echo_ref_refuses_threaded_without_a_stream(tmp_path: Path) -> None:
+    """--threaded serves stream echo only: with --udp or --http echo_ref.c
+    stops at once, saying so, rather than serve something else."""
+    require_c_compiler()
+    built = subprocess.run(
+        [sys.executable, "-c", "from bench import build; print(build.binary('echo_ref'))"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert built.returncode == 0, built.stderr
+    echo_ref = built.stdout.strip()
+    for args in (
+        ["--udp", "127.0.0.1", "--threaded", "chunks"],
+        ["--tcp", "127.0.0.1", "--http", "--threaded", "lines"],
+        ["--tcp", "127.0.0.1", "--threaded", "words"],  # neither lines nor chunks
+    ):
+        argv = [echo_ref, *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and proc.stdout == "", (argv, proc.stdout, proc.stderr)
+        assert "--threaded" in proc.stderr, proc.stderr
 
 
 def write_module(directory: Path, name: str, source: str) -> None:
