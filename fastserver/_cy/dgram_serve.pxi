@@ -4,8 +4,8 @@
 # For a plain UDPServer, the path from _handle_request_noblock() to
 # close_request() is eight Python frames per datagram that do nothing a
 # server could see besides receiving it, calling the handler and reporting
-# its error: in the udp bench (callgrind, the server's user space) about a
-# fifth of a request's instructions.
+# its error: in the udp bench (callgrind, the server's user space) a quarter
+# of a request's instructions (15.3k before, 11.4k without them).
 
 
 def _judge_datagram_server(cls):
