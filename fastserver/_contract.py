@@ -173,11 +173,14 @@ class ServeLoop(Protocol):
     service_actions(). The Cython loop does the work of
     _handle_request_noblock() itself for a server whose class is a
     subclass of fastserver's UDPServer (with ``type`` as its metaclass)
-    that keeps every method of servers._DATAGRAM_SERVER_DEFAULTS (the
-    request path down to close_request()), whose instance has none of
-    those names set on it, and that has no request_observer: it receives
-    as get_request() would, calls handle_datagram(), and hands an Exception
-    to handle_error() and then _fs_end_request(), as _fs_dispatch() does.
+    that keeps every method of servers._DATAGRAM_RECEIVE_DEFAULTS (the
+    request path down to _fs_dispatch()), whose instance has none of those
+    names nor of servers._DATAGRAM_PROCESS_DEFAULTS set on it, and that has
+    no request_observer: it receives as get_request() would, then calls
+    handle_datagram() where the class also keeps every method of
+    _DATAGRAM_PROCESS_DEFAULTS (process_request() down to close_request()),
+    else the server's process_request(); and it hands an Exception to
+    handle_error() and then _fs_end_request(), as _fs_dispatch() does.
     Which classes qualify is cached per class and looked at again when the
     class is modified; the instance's attributes are looked at again when
     they are a new dict or a different number of them (an override set on

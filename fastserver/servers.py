@@ -527,17 +527,21 @@ class UDPServer(TCPServer):
 
 
 #: What a core's serve loop may do in place of a UDPServer's own request
-#: path, from _handle_request_noblock() to close_request() (see
-#: fastserver._contract.ServeLoop): each name with its value as this module
-#: defined it, captured at import. A server whose class finds another value
-#: for any name, or whose instance has one of them set on it, is served
-#: through its methods.
-_DATAGRAM_SERVER_DEFAULTS = tuple(
+#: path (see fastserver._contract.ServeLoop): each name with its value as
+#: this module defined it, captured at import. A server whose class finds
+#: another value for any name, or whose instance has one of them set on
+#: it, is served through its methods. The receiving half, from
+#: _handle_request_noblock() to _fs_dispatch():
+_DATAGRAM_RECEIVE_DEFAULTS = tuple(
     (name, getattr(UDPServer, name)) for name in (
         "_handle_request_noblock", "get_request", "verify_request",
-        "_fs_dispatch", "process_request", "finish_request",
-        "shutdown_request", "close_request", "preamble_steps",
-        "__getattribute__"))
+        "_fs_dispatch", "__getattribute__"))
+#: ... and the processing half, from process_request() to close_request(),
+#: which a ThreadingUDPServer (say) has its own of.
+_DATAGRAM_PROCESS_DEFAULTS = tuple(
+    (name, getattr(UDPServer, name)) for name in (
+        "process_request", "finish_request", "shutdown_request",
+        "close_request", "preamble_steps"))
 
 
 def _refuse_tls(server: Any) -> None:

@@ -5,18 +5,28 @@
 # close_request() is eight Python frames per datagram that do nothing a
 # server could see besides receiving it, calling the handler and reporting
 # its error: in the udp bench (callgrind, the server's user space) a quarter
-# of a request's instructions (15.3k before, 11.4k without them).
+# of a request's instructions (15.3k before, 11.4k without them). A server
+# with its own process_request() (ThreadingUDPServer) is spared the first
+# four, up to that call.
 
 
-def _judge_datagram_server(cls):
-    """May the serve loop stand in for cls's request path?"""
+def _judge_datagram_receiver(cls):
+    """May the serve loop stand in for cls's receiving of a request?"""
     _import_layers()
     return issubclass(cls, _servers_module.UDPServer) and all(
         getattr(cls, name, None) is value
-        for name, value in _servers_module._DATAGRAM_SERVER_DEFAULTS)
+        for name, value in _servers_module._DATAGRAM_RECEIVE_DEFAULTS)
 
 
-cdef _ClassVerdicts _plain_datagram_servers = _ClassVerdicts(_judge_datagram_server)
+def _judge_datagram_processor(cls):
+    """... and for its processing (the handler called in this thread)?"""
+    _import_layers()
+    return all(getattr(cls, name, None) is value
+               for name, value in _servers_module._DATAGRAM_PROCESS_DEFAULTS)
+
+
+cdef _ClassVerdicts _plain_datagram_receivers = _ClassVerdicts(_judge_datagram_receiver)
+cdef _ClassVerdicts _plain_datagram_processors = _ClassVerdicts(_judge_datagram_processor)
 
 
 cdef extern from "Python.h":
@@ -24,7 +34,8 @@ cdef extern from "Python.h":
     object PyObject_GenericGetDict(object obj, void *context)
 
 
-cdef tuple _DATAGRAM_SERVER_NAMES = None   # servers._DATAGRAM_SERVER_DEFAULTS' names
+# The names of servers._DATAGRAM_RECEIVE_DEFAULTS and _PROCESS_DEFAULTS.
+cdef tuple _DATAGRAM_SERVER_NAMES = None
 
 
 cdef bint _instance_overrides(ServeLoop loop, object server) except -1:
@@ -39,7 +50,8 @@ cdef bint _instance_overrides(ServeLoop loop, object server) except -1:
         return False
     if _DATAGRAM_SERVER_NAMES is None:
         _DATAGRAM_SERVER_NAMES = tuple(
-            name for name, _ in _servers_module._DATAGRAM_SERVER_DEFAULTS)
+            name for name, _ in _servers_module._DATAGRAM_RECEIVE_DEFAULTS
+            + _servers_module._DATAGRAM_PROCESS_DEFAULTS)
     for name in _DATAGRAM_SERVER_NAMES:
         if name in attributes:
             loop._checked_attributes = None
@@ -51,7 +63,8 @@ cdef bint _instance_overrides(ServeLoop loop, object server) except -1:
 
 cdef int _serve_ready(ServeLoop loop, object server) except -1:
     """server._handle_request_noblock(), for the serve loop."""
-    if (not _plain_datagram_servers.verdict(type(server))
+    cls = type(server)
+    if (not _plain_datagram_receivers.verdict(cls)
             or _instance_overrides(loop, server)):
         server._handle_request_noblock()
         return 0
@@ -73,11 +86,15 @@ cdef int _serve_ready(ServeLoop loop, object server) except -1:
         server._fs_loop.accept_failed(exc)
         return 0
     request = (data, server.socket)
-    # verify_request() accepts; _fs_dispatch() -> process_request() ->
-    # finish_request(), whose shutdown_request() and close_request() have
-    # nothing to do for a datagram with no observer.
+    # verify_request() accepts; _fs_dispatch() -> process_request(): the
+    # server's own (ThreadingMixIn's, say), or UDPServer's -> finish_request(),
+    # whose shutdown_request() and close_request() have nothing to do for a
+    # datagram with no observer.
     try:
-        _handle_datagram(server.RequestHandlerClass, request, client_address, server)
+        if _plain_datagram_processors.verdict(cls):
+            _handle_datagram(server.RequestHandlerClass, request, client_address, server)
+        else:
+            server.process_request(request, client_address)
     except Exception:
         server.handle_error(request, client_address)
         server._fs_end_request(request)
