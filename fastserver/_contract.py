@@ -413,5 +413,12 @@ class Core(Protocol):
         SocketWriter when wbufsize is 0, else ``sock.makefile('wb', wbufsize)``;
         a coalesce_limit above 0 makes it a CoalescingWriter of that limit whose
         buffer rfile sends before each receive.
+
+        On an ssl.SSLSocket the same holds, with the SSLSocket's results and
+        errors: a ragged EOF is an EOF when its suppress_ragged_eofs is true;
+        after unwrap() the stream goes on in the clear; a method that
+        SocketIO.readinto() or sendall() would call, overridden on the
+        socket's class or on the socket, is called. (The Cython core reads
+        and writes such a socket through its _ssl object when none is.)
         """
         ...

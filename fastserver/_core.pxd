@@ -164,7 +164,9 @@ cdef class _WriterBase:
     # (a Python-level call, so a subclass's flush runs) and then marks closed.
     cdef object _sock                # the connection socket
     cdef bint _closed
-    cdef bint _direct                # sends with C send() loops; else sock.sendall()
+    cdef bint _direct                # sends with C send() loops
+    cdef bint _tls                   # else, an SSLSocket: sends with its _ssl object's
+                                     # write() (tls_io.pxi); else sock.sendall()
     cdef dict __dict__
     cdef object __weakref__
 
@@ -175,7 +177,7 @@ cdef class SocketWriter(_WriterBase):
     # write(b): buffer b (PyBUF_SIMPLE) -> _sendall -> return len. Nothing is
     # kept between calls.
     @staticmethod
-    cdef SocketWriter new(object sock)
+    cdef SocketWriter new(object sock, bint tls)
 
 
 cdef class CoalescingWriter(_WriterBase):
@@ -193,7 +195,7 @@ cdef class CoalescingWriter(_WriterBase):
     cdef Py_ssize_t _cap             # allocated bytes
 
     @staticmethod
-    cdef CoalescingWriter new(object sock, Py_ssize_t limit)
+    cdef CoalescingWriter new(object sock, Py_ssize_t limit, bint tls)
     cdef int _flush(self) except -1
 
 
@@ -215,8 +217,9 @@ cdef class StreamReader:
     # it (fresh_bytes.pxi) is shrunk in place to what came, never sliced.
     # _raw_read == SocketIO.readinto: flush the paired CoalescingWriter, refuse
     # after a timeout ("cannot read from timed out object"), then one
-    # _sock_recv() (poll+recv under one GIL release, EINTR per PEP 475),
-    # then PyErr_CheckSignals() so that handlers run between receives as
+    # _sock_recv() (poll+recv under one GIL release, EINTR per PEP 475) or,
+    # for an SSLSocket (_tls), _tls_recv() (its _ssl object's read(), which
+    # releases the GIL, waits and retries by itself), then PyErr_CheckSignals() so that handlers run between receives as
     # they do after SocketIO.readinto returns to the eval loop; returns
     # bytes read, 0 at EOF, or -2 when the socket would block.
     # _lock (BufferedReader's lock) is held across every GIL release, so no
@@ -229,13 +232,15 @@ cdef class StreamReader:
     cdef Py_ssize_t _read_end
     cdef bint _closed
     cdef bint _timed_out             # SocketIO._timeout_occurred
+    cdef bint _tls                   # sock is an SSLSocket: _tls_recv(), not _sock_recv()
     cdef PyThread_type_lock _lock
     cdef unsigned long _owner        # thread holding _lock, for the reentrancy error
     cdef dict __dict__
     cdef object __weakref__
 
     @staticmethod
-    cdef StreamReader new(object sock, Py_ssize_t size, CoalescingWriter writer)
+    cdef StreamReader new(object sock, Py_ssize_t size, CoalescingWriter writer,
+                          bint tls)
     cdef int _enter(self) except -1
     cdef void _leave(self) noexcept
     cdef Py_ssize_t _readahead(self)

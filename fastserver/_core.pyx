@@ -18,6 +18,8 @@ The source is split by concern:
 - ``_cy/dgram_serve.pxi``: the loop's step for a ready server, UDPServer's
   request path in C.
 - ``_cy/dgram_files.pxi``: DatagramFile, a datagram handler's rfile and wfile.
+- ``_cy/tls_io.pxi``: receive and send on an ssl.SSLSocket, through its
+  _ssl object.
 - ``_cy/writer.pxi``: SocketWriter, CoalescingWriter.
 - ``_cy/fresh_bytes.pxi``: bytes objects filled in place (large reads).
 - ``_cy/stream.pxi``: the rfile (StreamReader) and open_stream().
@@ -40,6 +42,7 @@ import errno as _errno
 import io as _io
 import _socket as _c_socket
 import socket as _socket
+import sys as _sys
 import threading as _threading
 
 from fastserver import _contract
@@ -59,6 +62,7 @@ include "_cy/accept.pxi"
 include "_cy/dgram_files.pxi"
 include "_cy/datagram.pxi"
 include "_cy/dgram_serve.pxi"
+include "_cy/tls_io.pxi"
 include "_cy/writer.pxi"
 include "_cy/fresh_bytes.pxi"
 include "_cy/stream.pxi"

@@ -2,9 +2,10 @@
 
 Not a core: both cores use it. The pure core builds every stream this way;
 the Cython core falls back on it where its C reader cannot drive the socket
-(rbufsize 0, a non-blocking socket, or a socket class that overrides the
-methods the C path stands in for, such as ssl.SSLSocket). Each core passes
-its own writer classes.
+(rbufsize 0, a non-blocking socket, or a socket that overrides the methods
+the C path stands in for: a socket.socket subclass's recv or send, an
+ssl.SSLSocket's recv_into, read, sendall, send or _checkClosed). Each core
+passes its own writer classes.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Both readers get the same payload over their own socketpair, cut into the
 same random chunks by a feeder thread, and the same random sequence of calls;
 every result and every exception must be identical, including what a timeout
-discards and the "cannot read from timed out object" that follows it.
+discards and the "cannot read from timed out object" that follows it. Each
+test runs over a plain socketpair and over one with TLS in it (the Cython
+reader then reads through the SSLSocket's _ssl object, tls_io.pxi).
 
 The feeder sends the next chunk only once the previous one has left the
 receive queue (FIONREAD == 0), so every recv() returns at most the rest of one
@@ -22,13 +24,16 @@ import struct
 import termios
 import threading
 import time
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core_modules import core, cython, pure  # noqa: F401 - core: the fixture
+from tlscerts import TLSPairs
+
+Pair = Callable[[], Tuple[socket.socket, socket.socket]]
 
 TIMEOUT = 0.1   # the reader's socket timeout in the "stall" ending
 
@@ -103,9 +108,22 @@ def _apply(rfile: Any, op: Tuple[str, Any]) -> Any:
     raise AssertionError(name)
 
 
-def _run(open_rfile: Any, payload: bytes, cuts: List[int], eof: bool,
+@pytest.fixture(scope="module")
+def tls_pairs(tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    return TLSPairs(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(params=["socketpair", "tls"])
+def make_pair(request: pytest.FixtureRequest) -> Pair:
+    """The reading end first: with TLS, the server side, as in a server."""
+    if request.param == "tls":
+        return request.getfixturevalue("tls_pairs")  # type: ignore[no-any-return]
+    return socket.socketpair
+
+
+def _run(make_pair: Pair, open_rfile: Any, payload: bytes, cuts: List[int], eof: bool,
          blocking: bool, calls: List[Tuple[str, Any]], close_at: int) -> List[Any]:
-    rsock, wsock = socket.socketpair()
+    rsock, wsock = make_pair()
     rsock.settimeout(None if blocking else (10.0 if eof else TIMEOUT))
     points = sorted({c % (len(payload) + 1) for c in cuts} | {0, len(payload)})
     chunks = [payload[a:b] for a, b in zip(points, points[1:]) if b > a]
@@ -151,7 +169,8 @@ if cython is not None:
        ending=st.sampled_from(["eof", "eof-blocking", "stall"]),
        calls=st.lists(ops, min_size=1, max_size=25),
        close_at=st.integers(0, 60))
-def test_rfile_matches_buffered_reader(core: Any, coalesce_limit: int, payload: bytes,
+def test_rfile_matches_buffered_reader(make_pair: Pair, core: Any, coalesce_limit: int,
+                                       payload: bytes,
                                        cuts: List[int], rbufsize: int, ending: str,
                                        calls: List[Tuple[str, Any]],
                                        close_at: int) -> None:
@@ -170,21 +189,22 @@ def test_rfile_matches_buffered_reader(core: Any, coalesce_limit: int, payload: 
     def reference(sock: socket.socket) -> Any:
         return sock.makefile("rb", rbufsize)
 
-    expected = _run(reference, payload, cuts, eof, blocking, calls, close_at)
-    got = _run(ours, payload, cuts, eof, blocking, calls, close_at)
+    expected = _run(make_pair, reference, payload, cuts, eof, blocking, calls, close_at)
+    got = _run(make_pair, ours, payload, cuts, eof, blocking, calls, close_at)
     with contextlib.suppress(OSError):   # "!" unsent when nothing was read
         writers[0].close()
     assert got == expected
 
 
 @pytest.mark.parametrize("rbufsize", [-1, 3])
-def test_rfile_timeout_then_timed_out_object(core: Any, rbufsize: int) -> None:
+def test_rfile_timeout_then_timed_out_object(make_pair: Pair, core: Any,
+                                             rbufsize: int) -> None:
     """A timeout discards what the call had gathered; the raw stream then
     refuses to read, but buffered bytes are still returned."""
     results = []
     for opener in (lambda s: s.makefile("rb", rbufsize),
                    lambda s: core.open_stream(s, rbufsize, 0, 10)[0]):
-        a, b = socket.socketpair()
+        a, b = make_pair()
         a.settimeout(0.05)
         rfile = opener(a)
         b.sendall(b"abc\ndefgh")

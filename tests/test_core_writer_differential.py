@@ -8,7 +8,9 @@ unbuffered writer, where that is part of the contract) and the bytes it has
 received in the end must be identical. The buffered wfile is the socket's
 own makefile('wb') on both cores, and coalesce_writes has no stdlib twin:
 both are checked against the unbuffered writer's bytes and return values,
-and against a model of when bytes may reach the peer.
+and against a model of when bytes may reach the peer. Each test runs over
+a plain socketpair and over one with TLS in it (the Cython writers then send
+through the SSLSocket's _ssl object, tls_io.pxi).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from __future__ import annotations
 import array
 import socket
 import socketserver
-from typing import Any, List, Tuple
+import ssl
+from typing import Any, Callable, List, Tuple
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Impl
+from tlscerts import TLSPairs
+
+Pair = Callable[[], Tuple[socket.socket, socket.socket]]
 
 payloads = st.binary(min_size=0, max_size=3000)
 kinds = st.sampled_from(["bytes", "bytearray", "memoryview", "array"])
@@ -44,6 +51,19 @@ def as_kind(data: bytes, kind: str) -> Any:
     return data
 
 
+@pytest.fixture(scope="module")
+def tls_pairs(tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    return TLSPairs(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(params=["socketpair", "tls"])
+def make_pair(request: pytest.FixtureRequest) -> Pair:
+    """The writing end first: with TLS, the server side, as in a server."""
+    if request.param == "tls":
+        return request.getfixturevalue("tls_pairs")  # type: ignore[no-any-return]
+    return socket.socketpair
+
+
 def drain(sock: socket.socket) -> bytes:
     sock.setblocking(False)
     chunks = []
@@ -53,14 +73,14 @@ def drain(sock: socket.socket) -> bytes:
             if not chunk:
                 break
             chunks.append(chunk)
-    except BlockingIOError:
+    except (BlockingIOError, ssl.SSLWantReadError):
         pass
     return b"".join(chunks)
 
 
-def run(make_writer: Any, sequence: List[Tuple[str, Any, str]],
+def run(make_pair: Pair, make_writer: Any, sequence: List[Tuple[str, Any, str]],
         observe_each: bool) -> Tuple[List[Any], bytes]:
-    a, b = socket.socketpair()
+    a, b = make_pair()
     # Room for everything, so that no write blocks on a peer that reads later.
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -93,10 +113,10 @@ SETTINGS = settings(max_examples=60, deadline=None,
 
 @SETTINGS
 @given(sequence=calls)
-def test_unbuffered_wfile_matches_stdlib(impl: Impl, sequence: Any) -> None:
+def test_unbuffered_wfile_matches_stdlib(make_pair: Pair, impl: Impl, sequence: Any) -> None:
     core = impl.core
-    ours = run(lambda s: core.open_stream(s, -1, 0, 0)[1], sequence, True)
-    theirs = run(socketserver._SocketWriter, sequence, True)  # type: ignore[attr-defined]
+    ours = run(make_pair, lambda s: core.open_stream(s, -1, 0, 0)[1], sequence, True)
+    theirs = run(make_pair, socketserver._SocketWriter, sequence, True)  # type: ignore[attr-defined]
     assert ours == theirs
 
 
@@ -127,14 +147,17 @@ def _peer_counts_model(sequence: List[Tuple[str, Any, str]], bound: int,
 
 @SETTINGS
 @given(sequence=calls, wbufsize=st.sampled_from([1, 100, 8192]))
-def test_buffered_wfile_matches_stdlib(impl: Impl, sequence: Any, wbufsize: int) -> None:
+def test_buffered_wfile_matches_stdlib(make_pair: Pair, impl: Impl, sequence: Any,
+                                       wbufsize: int) -> None:
     """wfile for a wbufsize other than 0. Both cores hand out the socket's
     own makefile('wb', wbufsize), so this is checked against independent
     references: the stdlib's unbuffered writer for the bytes and return
     values, and a model of the buffer for what reaches the peer when."""
     core = impl.core
-    log, received = run(lambda s: core.open_stream(s, -1, wbufsize, 0)[1], sequence, True)
-    plain_log, plain_received = run(socketserver._SocketWriter, sequence, False)  # type: ignore[attr-defined]
+    log, received = run(make_pair, lambda s: core.open_stream(s, -1, wbufsize, 0)[1],
+                        sequence, True)
+    plain_log, plain_received = run(make_pair, socketserver._SocketWriter,  # type: ignore[attr-defined]
+                                    sequence, False)
     assert received == plain_received
     assert [entry for entry in log if entry[0] != "peer has"] == plain_log
     seen = [entry[1] for entry in log if entry[0] == "peer has"]
@@ -144,10 +167,13 @@ def test_buffered_wfile_matches_stdlib(impl: Impl, sequence: Any, wbufsize: int)
 
 @SETTINGS
 @given(sequence=calls, limit=st.sampled_from([1, 500, 65536]))
-def test_coalescing_wfile_sends_the_same_bytes(impl: Impl, sequence: Any, limit: int) -> None:
+def test_coalescing_wfile_sends_the_same_bytes(make_pair: Pair, impl: Impl, sequence: Any,
+                                               limit: int) -> None:
     core = impl.core
-    log, received = run(lambda s: core.open_stream(s, -1, 0, limit)[1], sequence, True)
-    plain_log, plain_received = run(socketserver._SocketWriter, sequence, False)  # type: ignore[attr-defined]
+    log, received = run(make_pair, lambda s: core.open_stream(s, -1, 0, limit)[1],
+                        sequence, True)
+    plain_log, plain_received = run(make_pair, socketserver._SocketWriter,  # type: ignore[attr-defined]
+                                    sequence, False)
     assert received == plain_received
     # Same return values as the unbuffered writer, call for call.
     assert [entry for entry in log if entry[0] != "peer has"] == plain_log

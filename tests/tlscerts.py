@@ -16,6 +16,7 @@ The API, all returning file paths (str, ready for ``ssl``)::
     client_context(ca.cert)      # a verifying client SSLContext trusting ca
     server_context(server)       # a plain server SSLContext for that leaf
     der(server.cert)             # the DER bytes, as getpeercert(True) gives them
+    TLSPairs(tmp_path)()         # (server side, client side): a socketpair, TLS
 
 Leaves name ``IP:127.0.0.1`` and ``DNS:localhost`` unless told otherwise,
 carry serverAuth and clientAuth, and have explicit key identifiers, so they
@@ -27,10 +28,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import ssl
 import subprocess
+import threading
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from externals import require_openssl
 
@@ -204,3 +207,29 @@ def server_context(cert: CertFiles, cafile: Optional[str] = None,
         context.load_verify_locations(cafile)
         context.verify_mode = verify_mode
     return context
+
+
+class TLSPairs:
+    """Connected pairs of SSLSockets over socket.socketpair(), handshake
+    done: the stream tests' transport with TLS in it. The certificate is
+    made once, in directory."""
+
+    def __init__(self, directory: PathLike) -> None:
+        ca = make_ca(directory, "pairs-ca")
+        self.server = server_context(make_cert(directory, ca, "pairs-server"))
+        self.client = client_context(ca.cert)
+
+    def __call__(self) -> Tuple[ssl.SSLSocket, ssl.SSLSocket]:
+        a, b = socket.socketpair()
+        client: "list[ssl.SSLSocket]" = []
+        thread = threading.Thread(target=lambda: client.append(
+            self.client.wrap_socket(b, server_hostname="localhost")))
+        thread.start()
+        try:
+            server = self.server.wrap_socket(a, server_side=True)
+        finally:
+            thread.join()
+        if not client:
+            server.close()
+            raise ConnectionError("the client side of the TLS pair failed its handshake")
+        return server, client[0]

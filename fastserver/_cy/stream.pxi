@@ -52,8 +52,10 @@ cdef class StreamReader:
                 pass
 
     @staticmethod
-    cdef StreamReader new(object sock, Py_ssize_t size, CoalescingWriter writer):
+    cdef StreamReader new(object sock, Py_ssize_t size, CoalescingWriter writer,
+                          bint tls):
         cdef StreamReader self = StreamReader.__new__(StreamReader)
+        self._tls = tls
         self._buffer = <char *>PyMem_Malloc(<size_t>size)
         if self._buffer == NULL:
             raise MemoryError()
@@ -97,7 +99,10 @@ cdef class StreamReader:
         if self._timed_out:
             raise OSError("cannot read from timed out object")
         try:
-            n = _sock_recv(self._sock, start, length)
+            if self._tls:
+                n = _tls_recv(self._sock, start, length)
+            else:
+                n = _sock_recv(self._sock, start, length)
         except _socket_timeout:
             self._timed_out = True
             raise
@@ -554,19 +559,23 @@ def open_stream(sock, rbufsize, wbufsize, coalesce_limit):
     """See fastserver._contract.Core.open_stream."""
     cdef Py_ssize_t size
     cdef CoalescingWriter writer
+    cdef bint tls = False
+    cdef bint ours = _drivable(sock, _STREAM_METHODS)
     if rbufsize is None:
         rbufsize = -1
-    if (rbufsize == 0 or not _drivable(sock, _STREAM_METHODS)
-            or sock.gettimeout() == 0.0):
+    if not ours:
+        tls = ours = _tls_drivable(sock)
+    if rbufsize == 0 or not ours or sock.gettimeout() == 0.0:
         # Unbuffered, non-blocking, or a socket that is not ours to drive
-        # (SSLSocket, overridden recv/send): the socket module's files.
+        # (overridden recv/send, on a plain socket or an SSLSocket): the
+        # socket module's files.
         return _open_file_stream(sock, rbufsize, wbufsize, coalesce_limit,
                                  SocketWriter, CoalescingWriter)
     size = _DEFAULT_BUFFER_SIZE if rbufsize < 0 else rbufsize
     if coalesce_limit <= 0:
-        rfile = StreamReader.new(sock, size, None)
+        rfile = StreamReader.new(sock, size, None, tls)
         if wbufsize == 0:
-            return rfile, SocketWriter.new(sock)
+            return rfile, SocketWriter.new(sock, tls)
         return rfile, sock.makefile("wb", wbufsize)
-    writer = CoalescingWriter.new(sock, coalesce_limit)
-    return StreamReader.new(sock, size, writer), writer
+    writer = CoalescingWriter.new(sock, coalesce_limit, tls)
+    return StreamReader.new(sock, size, writer, tls), writer

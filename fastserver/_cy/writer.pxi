@@ -12,6 +12,7 @@ cdef class _WriterBase:
     def __init__(self, sock):
         self._sock = sock
         self._direct = _drivable(sock, _STREAM_METHODS)
+        self._tls = not self._direct and _tls_drivable(sock)
 
     def __del__(self):
         if not self._closed:
@@ -23,6 +24,8 @@ cdef class _WriterBase:
     cdef int _sendall(self, const char *data, Py_ssize_t n) except -1:
         if self._direct:
             return _sock_sendall(self._sock, data, n)
+        if self._tls:
+            return _tls_sendall(self._sock, data, n)
         self._sock.sendall(PyBytes_FromStringAndSize(data, n))
         return 0
 
@@ -116,22 +119,24 @@ cdef class SocketWriter(_WriterBase):
     """See fastserver._contract.SocketWriter."""
 
     @staticmethod
-    cdef SocketWriter new(object sock):
+    cdef SocketWriter new(object sock, bint tls):
         cdef SocketWriter self = SocketWriter.__new__(SocketWriter)
         self._sock = sock
-        self._direct = True
+        self._direct = not tls
+        self._tls = tls
         return self
 
     def write(self, b):
         cdef Py_buffer view
         # No closed check, as in socketserver: the socket decides.
-        if not self._direct or _get_buffer_or_clear(b, &view, PyBUF_SIMPLE) < 0:
+        if (not (self._direct or self._tls)
+                or _get_buffer_or_clear(b, &view, PyBUF_SIMPLE) < 0):
             # The pure path, for its exact behaviour and errors.
             self._sock.sendall(b)
             with memoryview(b) as m:
                 return m.nbytes
         try:
-            _sock_sendall(self._sock, <const char *>view.buf, view.len)
+            self._sendall(<const char *>view.buf, view.len)
             return view.len
         finally:
             PyBuffer_Release(&view)
@@ -148,10 +153,11 @@ cdef class CoalescingWriter(_WriterBase):
         PyMem_Free(self._buf)
 
     @staticmethod
-    cdef CoalescingWriter new(object sock, Py_ssize_t limit):
+    cdef CoalescingWriter new(object sock, Py_ssize_t limit, bint tls):
         cdef CoalescingWriter self = CoalescingWriter.__new__(CoalescingWriter)
         self._sock = sock
-        self._direct = True
+        self._direct = not tls
+        self._tls = tls
         self._limit = limit
         return self
 
