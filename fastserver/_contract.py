@@ -418,7 +418,8 @@ class Core(Protocol):
         errors: a ragged EOF is an EOF when its suppress_ragged_eofs is true;
         after unwrap() the stream goes on in the clear; a method that
         SocketIO.readinto() or sendall() would call, overridden on the
-        socket's class or on the socket, is called. (The Cython core reads
-        and writes such a socket through its _ssl object when none is.)
+        socket's class or on the socket, is called. (When none is, both
+        cores read and write such a socket through its _ssl object, without
+        SocketIO's and SSLSocket's Python frames.)
         """
         ...

@@ -50,7 +50,8 @@ from fastserver._contract import (BACKOFF_FIRST, BACKOFF_MAX, RESOURCE_ERRNOS,
                                   AcceptBackoff as _AcceptBackoff,
                                   closed_socket_error as _closed_socket_error,
                                   poll_ms as _poll_ms)
-from fastserver._sockfile import open_file_stream as _open_file_stream
+from fastserver._sockfile import (_BLOCKING_ERRNOS, keeps_tls_methods as _keeps_tls_methods,
+                                  open_file_stream as _open_file_stream)
 
 __all__ = list(_contract.INTERFACE)
 

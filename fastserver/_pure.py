@@ -21,7 +21,7 @@ from typing import Any, Optional, Tuple
 from . import _contract
 from ._contract import (BACKOFF_FIRST, BACKOFF_MAX, RESOURCE_ERRNOS, AcceptBackoff,
                         closed_socket_error, poll_ms)
-from ._sockfile import open_file_stream
+from ._sockfile import keeps_tls_methods, open_file_stream, open_tls_stream, tls_sendall
 
 __all__ = list(_contract.INTERFACE)
 
@@ -292,9 +292,20 @@ class CoalescingWriter(io.BufferedIOBase):
         return self._sock.fileno()
 
 
+class TLSSocketWriter(SocketWriter):
+    """SocketWriter for an SSLSocket that keeps_tls_methods() vouched for:
+    its sendall() without the Python frames."""
+
+    def write(self, b: Any) -> int:
+        return tls_sendall(self._sock, b)
+
+
 def open_stream(
     sock: socket.socket, rbufsize: int, wbufsize: int, coalesce_limit: int
 ) -> Tuple[Any, Any]:
     """See fastserver._contract.Core.open_stream."""
+    if rbufsize != 0 and keeps_tls_methods(sock) and sock.gettimeout() != 0.0:
+        return open_tls_stream(sock, rbufsize, wbufsize, coalesce_limit,
+                               TLSSocketWriter, CoalescingWriter)
     return open_file_stream(sock, rbufsize, wbufsize, coalesce_limit,
                             SocketWriter, CoalescingWriter)

@@ -4,8 +4,8 @@ Both readers get the same payload over their own socketpair, cut into the
 same random chunks by a feeder thread, and the same random sequence of calls;
 every result and every exception must be identical, including what a timeout
 discards and the "cannot read from timed out object" that follows it. Each
-test runs over a plain socketpair and over one with TLS in it (the Cython
-reader then reads through the SSLSocket's _ssl object, tls_io.pxi).
+test runs over a plain socketpair and over one with TLS in it (both cores'
+readers then read through the SSLSocket's _ssl object).
 
 The feeder sends the next chunk only once the previous one has left the
 receive queue (FIONREAD == 0), so every recv() returns at most the rest of one
@@ -151,9 +151,9 @@ def _run(make_pair: Pair, open_rfile: Any, payload: bytes, cuts: List[int], eof:
 
 # Each core's own reader: the Cython StreamReader, plain and paired with a
 # coalescing writer, and the pure core's BufferedReader over its flushing
-# SocketIO. (The pure core's plain rfile is sock.makefile('rb') itself: a
-# comparison with the reference would be a comparison with itself.)
-READERS = [pytest.param(pure, 64, id="python-coalescing")]
+# SocketIO, or over TLSSocketIO on TLS. (Over a plain socket the pure core's
+# plain rfile is sock.makefile('rb') itself, the reference.)
+READERS = [pytest.param(pure, 0, id="python"), pytest.param(pure, 64, id="python-coalescing")]
 if cython is not None:
     READERS[:0] = [pytest.param(cython, 0, id="cython"),
                    pytest.param(cython, 64, id="cython-coalescing")]

@@ -9,8 +9,8 @@ received in the end must be identical. The buffered wfile is the socket's
 own makefile('wb') on both cores, and coalesce_writes has no stdlib twin:
 both are checked against the unbuffered writer's bytes and return values,
 and against a model of when bytes may reach the peer. Each test runs over
-a plain socketpair and over one with TLS in it (the Cython writers then send
-through the SSLSocket's _ssl object, tls_io.pxi).
+a plain socketpair and over one with TLS in it (the cores' writers then send
+through the SSLSocket's _ssl object).
 """
 
 from __future__ import annotations

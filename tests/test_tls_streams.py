@@ -1,7 +1,8 @@
 """rfile and wfile over TLS, served: what SSLSocket's own methods decide.
 
-The Cython core reads and writes an ssl.SSLSocket through its _ssl object
-(fastserver/_cy/tls_io.pxi) instead of socket.SocketIO and sendall(). These
+Both cores read and write an ssl.SSLSocket through its _ssl object
+(fastserver/_cy/tls_io.pxi; TLSSocketIO and tls_sendall() in
+fastserver/_sockfile.py) instead of socket.SocketIO and sendall(). These
 tests hold it to what socketserver does with the same connection: a class
 or an instance that overrides a method the stdlib path calls gets that
 method called; a ragged EOF is an EOF or an error as suppress_ragged_eofs
