@@ -219,7 +219,8 @@ cdef class StreamReader:
     # after a timeout ("cannot read from timed out object"), then one
     # _sock_recv() (poll+recv under one GIL release, EINTR per PEP 475) or,
     # for an SSLSocket (_tls), _tls_recv() (its _ssl object's read(), which
-    # releases the GIL, waits and retries by itself), then PyErr_CheckSignals() so that handlers run between receives as
+    # releases the GIL, waits and retries by itself), then
+    # PyErr_CheckSignals() so that handlers run between receives as
     # they do after SocketIO.readinto returns to the eval loop; returns
     # bytes read, 0 at EOF, or -2 when the socket would block.
     # _lock (BufferedReader's lock) is held across every GIL release, so no

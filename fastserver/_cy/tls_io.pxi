@@ -6,9 +6,9 @@
 # _SocketWriter.write. Without them the tls-pingpong bench went from 45.6k
 # to 24.3k instructions per request (callgrind, the server's user space;
 # the stdlib's: 45.4k). What they do for a socket whose class keeps them
-# is small, and is done here: call the _ssl object's
-# read()/write() (which release the GIL, honour the socket's timeout and
-# retry EINTR themselves), and turn a ragged EOF into 0 as read() does.
+# is small, and is done here: call the _ssl object's read()/write() (which
+# release the GIL, honour the socket's timeout and retry EINTR themselves),
+# and turn a ragged EOF into 0 as read() does.
 #
 # The _ssl object is looked up on every call: unwrap() and close() set it to
 # None, and then SSLSocket's methods act as a plain socket's, so we call
@@ -65,10 +65,10 @@ cdef Py_ssize_t _tls_recv(object sock, char *buf, Py_ssize_t n) except -1:
 
 cdef int _tls_sendall(object sock, const char *buf, Py_ssize_t n) except -1:
     """sock.sendall(buf[:n]) for a socket _tls_drivable() vouched for."""
-    cdef object view = PyMemoryView_FromMemory(<char *>buf, n, PyBUF_READ)
     cdef Py_ssize_t sent = 0
     if n == 0:
         return 0
+    view = PyMemoryView_FromMemory(<char *>buf, n, PyBUF_READ)
     try:
         sslobj = sock._sslobj
         if sslobj is None:
