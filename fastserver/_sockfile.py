@@ -69,11 +69,12 @@ class TLSSocketIO(socket.SocketIO):
         writer = self._writer
         if writer is not None and writer.pending and not writer.closed:
             writer.flush()
+        # SocketIO's own checks and state (private, so untyped in typeshed).
         self._checkClosed()
-        self._checkReadable()
-        if self._timeout_occurred:
+        self._checkReadable()  # type: ignore[attr-defined]
+        if self._timeout_occurred:  # type: ignore[has-type]
             raise OSError("cannot read from timed out object")
-        sock = self._sock
+        sock = self._sock  # type: ignore[attr-defined]
         try:
             sslobj = sock._sslobj
             with memoryview(b) as view:

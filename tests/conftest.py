@@ -28,7 +28,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -216,3 +216,22 @@ def closing_server(server: Any) -> Iterator[Any]:
         if isinstance(server.server_address, str):
             with contextlib.suppress(OSError):
                 os.unlink(server.server_address)
+
+
+#: A connected pair of stream sockets, (server side, client side).
+Pair = Callable[[], Tuple[socket.socket, socket.socket]]
+
+
+@pytest.fixture(scope="module")
+def tls_pairs(tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    from tlscerts import TLSPairs   # needs the openssl command: only when used
+    return TLSPairs(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(params=["socketpair", "tls"])
+def make_pair(request: pytest.FixtureRequest) -> Pair:
+    """Makes (server side, client side) pairs: socket.socketpair(), or an
+    SSLSocket over each end of one, handshake done."""
+    if request.param == "tls":
+        return request.getfixturevalue("tls_pairs")  # type: ignore[no-any-return]
+    return socket.socketpair

@@ -24,16 +24,14 @@ import struct
 import termios
 import threading
 import time
-from typing import Any, Callable, List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import Pair
 from core_modules import core, cython, pure  # noqa: F401 - core: the fixture
-from tlscerts import TLSPairs
-
-Pair = Callable[[], Tuple[socket.socket, socket.socket]]
 
 TIMEOUT = 0.1   # the reader's socket timeout in the "stall" ending
 
@@ -106,19 +104,6 @@ def _apply(rfile: Any, op: Tuple[str, Any]) -> Any:
                 break
         return lines
     raise AssertionError(name)
-
-
-@pytest.fixture(scope="module")
-def tls_pairs(tmp_path_factory: pytest.TempPathFactory) -> Pair:
-    return TLSPairs(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(params=["socketpair", "tls"])
-def make_pair(request: pytest.FixtureRequest) -> Pair:
-    """The reading end first: with TLS, the server side, as in a server."""
-    if request.param == "tls":
-        return request.getfixturevalue("tls_pairs")  # type: ignore[no-any-return]
-    return socket.socketpair
 
 
 def _run(make_pair: Pair, open_rfile: Any, payload: bytes, cuts: List[int], eof: bool,

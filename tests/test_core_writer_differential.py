@@ -19,16 +19,12 @@ import array
 import socket
 import socketserver
 import ssl
-from typing import Any, Callable, List, Tuple
+from typing import Any, List, Tuple
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Impl
-from tlscerts import TLSPairs
-
-Pair = Callable[[], Tuple[socket.socket, socket.socket]]
+from conftest import Impl, Pair
 
 payloads = st.binary(min_size=0, max_size=3000)
 kinds = st.sampled_from(["bytes", "bytearray", "memoryview", "array"])
@@ -49,19 +45,6 @@ def as_kind(data: bytes, kind: str) -> Any:
     if kind == "array":
         return array.array("B", data)
     return data
-
-
-@pytest.fixture(scope="module")
-def tls_pairs(tmp_path_factory: pytest.TempPathFactory) -> Pair:
-    return TLSPairs(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(params=["socketpair", "tls"])
-def make_pair(request: pytest.FixtureRequest) -> Pair:
-    """The writing end first: with TLS, the server side, as in a server."""
-    if request.param == "tls":
-        return request.getfixturevalue("tls_pairs")  # type: ignore[no-any-return]
-    return socket.socketpair
 
 
 def drain(sock: socket.socket) -> bytes:
