@@ -21,10 +21,10 @@ from typing import Any, Dict, Tuple
 
 import pytest
 
-from conftest import FASTSERVER_IMPLS, STDLIB_IMPL, Impl, recv_until, serving, server_address
+from conftest import FASTSERVER_IMPLS, STDLIB_IMPL, Impl, Pair, recv_until, serving, server_address
 
 STDLIB: Impl = STDLIB_IMPL.values[0]
-from tlscerts import CertFiles, TLSPairs, client_context, make_ca, make_cert, server_context
+from tlscerts import CertFiles, client_context, make_ca, make_cert, server_context
 
 WAIT = 10.0   # a generous bound on a handler finishing: not a speed
 
@@ -202,9 +202,8 @@ def test_a_connection_unwrapped_midstream_carries_on_in_the_clear(ref_impl: Impl
 
 # How the Cython core chooses its path: generated only where it is built.
 @pytest.mark.parametrize("impl", [p for p in FASTSERVER_IMPLS if p.id == "cython"])
-def test_the_cython_core_drives_a_plain_sslsocket_itself(impl: Impl, tmp_path: Any) -> None:
-    pairs = TLSPairs(tmp_path)
-    server, client = pairs()
+def test_the_cython_core_drives_a_plain_sslsocket_itself(impl: Impl, tls_pairs: Pair) -> None:
+    server, client = tls_pairs()
     with server, client:
         rfile, wfile = impl.core.open_stream(server, -1, 0, 0)
         assert (type(rfile).__name__, type(wfile).__name__) == ("StreamReader", "SocketWriter")
